@@ -1,0 +1,293 @@
+/*
+** util.c -- buffers, clocks, hashing and file I/O helpers. See util.h.
+*/
+#include "util.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
+/* ---- buffers ---------------------------------------------------------- */
+int wsbuf_reserve(wsbuf *b, size_t extra) {
+    if (extra > WSBUF_MAX - b->len) return WALSHIP_ERR_NOMEM;
+    size_t need = b->len + extra;
+    if (need <= b->cap) return 0;
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap < need) cap = cap > WSBUF_MAX / 2 ? WSBUF_MAX : cap * 2;
+    uint8_t *p = realloc(b->p, cap);
+    if (p == NULL) return WALSHIP_ERR_NOMEM;
+    b->p = p;
+    b->cap = cap;
+    return 0;
+}
+
+int wsbuf_append(wsbuf *b, const void *p, size_t n) {
+    if (n == 0) return 0;
+    int rc = wsbuf_reserve(b, n);
+    if (rc) return rc;
+    memcpy(b->p + b->len, p, n);
+    b->len += n;
+    return 0;
+}
+
+void wsbuf_free(wsbuf *b) {
+    free(b->p);
+    b->p = NULL;
+    b->len = b->cap = 0;
+}
+
+/* ---- clocks ----------------------------------------------------------- */
+int64_t ws_now_us(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+int64_t ws_now_ms(void) { return ws_now_us() / 1000; }
+
+int64_t ws_mono_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void ws_sleep_ms(int64_t ms) {
+    if (ms <= 0) return;
+    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
+}
+
+void ws_format_time(int64_t ms, char *out, size_t outlen) {
+    time_t sec = (time_t)(ms / 1000);
+    struct tm tm;
+    gmtime_r(&sec, &tm);
+    snprintf(out, outlen, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
+             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+             (int)(ms % 1000));
+}
+
+/* Reads exactly `width` decimal digits. */
+static int parse_digits(const char **s, int width, int *out) {
+    int v = 0;
+    for (int i = 0; i < width; i++) {
+        char c = (*s)[i];
+        if (c < '0' || c > '9') return -1;
+        v = v * 10 + (c - '0');
+    }
+    *s += width;
+    *out = v;
+    return 0;
+}
+
+int ws_parse_time(const char *s, int64_t *out_ms) {
+    int Y, M, D, h, m, sec, ms = 0;
+    const char *p = s;
+    if (parse_digits(&p, 4, &Y) || *p++ != '-' || parse_digits(&p, 2, &M) ||
+        *p++ != '-' || parse_digits(&p, 2, &D) || (*p != 'T' && *p != 't' && *p != ' '))
+        return WALSHIP_ERR_INVALID;
+    p++;
+    if (parse_digits(&p, 2, &h) || *p++ != ':' || parse_digits(&p, 2, &m) ||
+        *p++ != ':' || parse_digits(&p, 2, &sec))
+        return WALSHIP_ERR_INVALID;
+    if (*p == '.') {
+        p++;
+        int digits = 0;
+        while (*p >= '0' && *p <= '9') {
+            if (digits < 3) ms = ms * 10 + (*p - '0');
+            digits++;
+            p++;
+        }
+        if (digits == 0) return WALSHIP_ERR_INVALID;
+        for (; digits < 3; digits++) ms *= 10;
+    }
+    int offset_min = 0;
+    if (*p == 'Z' || *p == 'z') {
+        p++;
+    } else if (*p == '+' || *p == '-') {
+        int sign = *p == '-' ? -1 : 1, oh, om;
+        p++;
+        if (parse_digits(&p, 2, &oh) || *p++ != ':' || parse_digits(&p, 2, &om))
+            return WALSHIP_ERR_INVALID;
+        offset_min = sign * (oh * 60 + om);
+    } else {
+        return WALSHIP_ERR_INVALID;
+    }
+    if (*p != '\0' || M < 1 || M > 12 || D < 1 || D > 31 || h > 23 || m > 59 || sec > 60)
+        return WALSHIP_ERR_INVALID;
+    struct tm tm = {0};
+    tm.tm_year = Y - 1900;
+    tm.tm_mon = M - 1;
+    tm.tm_mday = D;
+    tm.tm_hour = h;
+    tm.tm_min = m;
+    tm.tm_sec = sec;
+    time_t t = timegm(&tm);
+    if (t == (time_t)-1) return WALSHIP_ERR_INVALID;
+    *out_ms = ((int64_t)t - (int64_t)offset_min * 60) * 1000 + ms;
+    return 0;
+}
+
+/* ---- hashing ---------------------------------------------------------- */
+uint64_t ws_hash64(const void *p, size_t n) { return XXH3_64bits(p, n); }
+
+/* ---- file I/O --------------------------------------------------------- */
+int ws_write_all(int fd, const void *buf, size_t n) {
+    const uint8_t *p = buf;
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+int ws_pwrite_all(int fd, const void *buf, size_t n, off_t off) {
+    const uint8_t *p = buf;
+    while (n > 0) {
+        ssize_t w = pwrite(fd, p, n, off);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        p += w;
+        n -= (size_t)w;
+        off += w;
+    }
+    return 0;
+}
+
+ssize_t ws_pread_full(int fd, void *buf, size_t n, off_t off) {
+    uint8_t *p = buf;
+    size_t got = 0;
+    while (got < n) {
+        ssize_t r = pread(fd, p + got, n - got, off + (off_t)got);
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        if (r == 0) break;
+        got += (size_t)r;
+    }
+    return (ssize_t)got;
+}
+
+int ws_fsync_dir_of(const char *path, wserr *err) {
+    char dir[PATH_MAX];
+    struct stat st;
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
+        if (ws_strlcpy(dir, path, sizeof dir))
+            return wserr_set(err, WALSHIP_ERR_INVALID, "path too long: %s", path);
+    } else {
+        if (ws_strlcpy(dir, path, sizeof dir))
+            return wserr_set(err, WALSHIP_ERR_INVALID, "path too long: %s", path);
+        char *slash = strrchr(dir, '/');
+        if (slash == NULL)
+            strcpy(dir, ".");
+        else if (slash == dir)
+            dir[1] = '\0';
+        else
+            *slash = '\0';
+    }
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) return wserr_errno(err, wserr_from_errno(errno), errno, "open directory %s", dir);
+    int rc = 0;
+    if (fsync(fd) != 0 && errno != EINVAL)
+        rc = wserr_errno(err, WALSHIP_ERR_IO, errno, "fsync directory %s", dir);
+    close(fd);
+    return rc;
+}
+
+int ws_mkdir_p(const char *path, int mode, wserr *err) {
+    char buf[PATH_MAX];
+    if (ws_strlcpy(buf, path, sizeof buf))
+        return wserr_set(err, WALSHIP_ERR_INVALID, "path too long: %s", path);
+    for (char *p = buf + 1;; p++) {
+        if (*p == '/' || *p == '\0') {
+            char saved = *p;
+            *p = '\0';
+            if (mkdir(buf, (mode_t)mode) != 0 && errno != EEXIST)
+                return wserr_errno(err, wserr_from_errno(errno), errno, "create directory %s", buf);
+            *p = saved;
+            if (saved == '\0') break;
+        }
+    }
+    return 0;
+}
+
+int ws_write_file_atomic(const char *path, const void *buf, size_t n, wserr *err) {
+    char tmp[PATH_MAX];
+    if (snprintf(tmp, sizeof tmp, "%s.tmp-XXXXXX", path) >= (int)sizeof tmp)
+        return wserr_set(err, WALSHIP_ERR_INVALID, "path too long: %s", path);
+    int fd = mkostemp(tmp, O_CLOEXEC);
+    if (fd < 0) return wserr_errno(err, wserr_from_errno(errno), errno, "create %s", tmp);
+    int rc = 0;
+    if (ws_write_all(fd, buf, n) != 0 || fdatasync(fd) != 0) {
+        rc = wserr_errno(err, wserr_from_errno(errno), errno, "write %s", tmp);
+        goto fail;
+    }
+    if (close(fd) != 0) {
+        fd = -1;
+        rc = wserr_errno(err, wserr_from_errno(errno), errno, "close %s", tmp);
+        goto fail;
+    }
+    fd = -1;
+    if (rename(tmp, path) != 0) {
+        rc = wserr_errno(err, wserr_from_errno(errno), errno, "rename %s to %s", tmp, path);
+        goto fail;
+    }
+    return ws_fsync_dir_of(path, err);
+fail:
+    if (fd >= 0) close(fd);
+    unlink(tmp);
+    return rc;
+}
+
+int ws_read_file(const char *path, size_t max, wsbuf *out, wserr *err) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return wserr_errno(err, wserr_from_errno(errno), errno, "open %s", path);
+    int rc = 0;
+    out->len = 0;
+    for (;;) {
+        if (wsbuf_reserve(out, 65536)) {
+            rc = wserr_set(err, WALSHIP_ERR_NOMEM, "out of memory reading %s", path);
+            break;
+        }
+        ssize_t r = read(fd, out->p + out->len, out->cap - out->len);
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            rc = wserr_errno(err, WALSHIP_ERR_IO, errno, "read %s", path);
+            break;
+        }
+        if (r == 0) break;
+        out->len += (size_t)r;
+        if (out->len > max) {
+            rc = wserr_set(err, WALSHIP_ERR_CORRUPT, "%s is larger than %zu bytes", path, max);
+            break;
+        }
+    }
+    close(fd);
+    return rc;
+}
+
+int ws_strlcpy(char *dst, const char *src, size_t n) {
+    size_t len = strlen(src);
+    if (n == 0) return len > 0;
+    size_t c = len < n ? len : n - 1;
+    memcpy(dst, src, c);
+    dst[c] = '\0';
+    return c < len;
+}

@@ -1,0 +1,98 @@
+/*
+** util.h -- small shared helpers: byte order, growable buffers, clocks,
+** hashing, and careful file I/O.
+**
+** Byte order: walship formats are big-endian unless FORMAT.md says otherwise;
+** the get/put helpers below never assume alignment.
+*/
+#ifndef WS_UTIL_H
+#define WS_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "err.h"
+
+/* ---- byte order ------------------------------------------------------- */
+static inline uint32_t ws_get_be32(const uint8_t *p) {
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+static inline uint64_t ws_get_be64(const uint8_t *p) {
+    return (uint64_t)ws_get_be32(p) << 32 | ws_get_be32(p + 4);
+}
+static inline uint16_t ws_get_be16(const uint8_t *p) {
+    return (uint16_t)(p[0] << 8 | p[1]);
+}
+static inline void ws_put_be16(uint8_t *p, uint16_t v) {
+    p[0] = (uint8_t)(v >> 8);
+    p[1] = (uint8_t)v;
+}
+static inline void ws_put_be32(uint8_t *p, uint32_t v) {
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+}
+static inline void ws_put_be64(uint8_t *p, uint64_t v) {
+    ws_put_be32(p, (uint32_t)(v >> 32));
+    ws_put_be32(p + 4, (uint32_t)v);
+}
+
+/* ---- growable buffer -------------------------------------------------- */
+/* A byte buffer that grows by doubling up to WSBUF_MAX. Zero-initialise
+** ({0}) before use; wsbuf_free() releases it and leaves it empty. */
+typedef struct wsbuf {
+    uint8_t *p;
+    size_t len;
+    size_t cap;
+} wsbuf;
+
+#define WSBUF_MAX ((size_t)1 << 32) /* 4 GiB: nothing walship holds is larger */
+
+/* Ensures room for `extra` more bytes. WALSHIP_ERR_NOMEM on failure or when
+** the result would exceed WSBUF_MAX. */
+int wsbuf_reserve(wsbuf *b, size_t extra);
+int wsbuf_append(wsbuf *b, const void *p, size_t n);
+void wsbuf_free(wsbuf *b);
+
+/* ---- clocks ----------------------------------------------------------- */
+int64_t ws_now_ms(void);  /* wall clock, ms since the Unix epoch */
+int64_t ws_now_us(void);  /* wall clock, us since the Unix epoch */
+int64_t ws_mono_ms(void); /* monotonic clock, ms */
+void ws_sleep_ms(int64_t ms);
+
+/* Formats ms since the epoch as "2026-11-26T09:30:00.123Z" into out (>= 32 bytes). */
+void ws_format_time(int64_t ms, char *out, size_t outlen);
+/* Parses RFC 3339 UTC ("2026-11-26T09:30:00Z", optional ".fff", or a
+** "+hh:mm" offset) into ms since the epoch. Returns 0 or WALSHIP_ERR_INVALID. */
+int ws_parse_time(const char *s, int64_t *out_ms);
+
+/* ---- hashing ---------------------------------------------------------- */
+/* 64-bit XXH3 of a byte range: the checksum used by every walship format. */
+uint64_t ws_hash64(const void *p, size_t n);
+
+/* ---- file I/O --------------------------------------------------------- */
+/* write(2)/pwrite(2)/pread(2) loops that retry on EINTR and short counts.
+** ws_pread_full returns the number of bytes read (less than n only at EOF)
+** or -1 with errno set. */
+int ws_write_all(int fd, const void *buf, size_t n);
+int ws_pwrite_all(int fd, const void *buf, size_t n, off_t off);
+ssize_t ws_pread_full(int fd, void *buf, size_t n, off_t off);
+
+/* fsync(2) of the directory holding path (or of path itself if it is a
+** directory). */
+int ws_fsync_dir_of(const char *path, wserr *err);
+/* mkdir -p with the given mode. */
+int ws_mkdir_p(const char *path, int mode, wserr *err);
+/* Writes buf to path atomically: temp file in the same directory, fsync,
+** rename, fsync of the directory. */
+int ws_write_file_atomic(const char *path, const void *buf, size_t n, wserr *err);
+/* Reads a whole file (at most max bytes, else WALSHIP_ERR_CORRUPT) into out. */
+int ws_read_file(const char *path, size_t max, wsbuf *out, wserr *err);
+
+/* Copies at most n bytes of src into dst (size n) and always NUL-terminates.
+** Returns nonzero if src was truncated. */
+int ws_strlcpy(char *dst, const char *src, size_t n);
+
+#endif
