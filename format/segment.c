@@ -1,0 +1,440 @@
+/*
+** segment.c -- writing and reading segment objects.
+**
+** A segment is a fixed header, one zstd frame holding the body, and a
+** trailer (see docs/FORMAT.md):
+**
+**   header (160 bytes)   magic, version, page size, generation, TXID range,
+**                        commit times, rolling checksums before/after, sizes,
+**                        the shipper's position, XXH3 of the header
+**   body (zstd)          records: BEGIN(txid) PAGE(pgno, data)... COMMIT(...)
+**   trailer (24 bytes)   XXH3 of the uncompressed body, compressed length,
+**                        "WSEGEND\0"
+**
+** The writer streams into a file descriptor with bounded memory; the header is
+** written last, at offset 0. The reader decompresses in a bounded window and
+** checks every structural rule as it goes, so a hostile object can make it
+** fail but never read out of bounds or allocate without limit.
+*/
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <zstd.h>
+
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
+#include "objfmt.h"
+
+enum { REC_BEGIN = 1, REC_PAGE = 2, REC_COMMIT = 3 };
+#define REC_BEGIN_SIZE 9
+#define REC_PAGE_HEAD 5
+#define REC_COMMIT_SIZE 33
+#define MAX_PGNO 0x7fffffffu
+
+/* ---- writer --------------------------------------------------------------- */
+struct seg_writer {
+    int fd;
+    ZSTD_CCtx *cctx;
+    uint8_t *out;
+    size_t outcap;
+    uint64_t compressed; /* body bytes written to fd */
+    XXH3_state_t *xxh;
+    seg_header h;
+    int in_tx;
+    uint64_t cur_txid;
+    uint32_t cur_npages;
+    uint64_t next_txid;
+};
+
+static int w_flush_out(seg_writer *w, size_t n, wserr *err) {
+    if (n == 0) return 0;
+    if (ws_write_all(w->fd, w->out, n) != 0)
+        return wserr_errno(err, wserr_from_errno(errno), errno, "write segment");
+    w->compressed += n;
+    return 0;
+}
+
+/* Feeds uncompressed body bytes through the compressor. */
+static int w_feed(seg_writer *w, const void *p, size_t n, ZSTD_EndDirective mode, wserr *err) {
+    XXH3_64bits_update(w->xxh, p, n);
+    w->h.body_len += n;
+    ZSTD_inBuffer in = {p, n, 0};
+    for (;;) {
+        ZSTD_outBuffer o = {w->out, w->outcap, 0};
+        size_t r = ZSTD_compressStream2(w->cctx, &o, &in, mode);
+        if (ZSTD_isError(r))
+            return wserr_set(err, WALSHIP_ERR_IO, "zstd compression failed: %s", ZSTD_getErrorName(r));
+        int rc = w_flush_out(w, o.pos, err);
+        if (rc) return rc;
+        if (mode == ZSTD_e_end ? r == 0 : in.pos == in.size) break;
+    }
+    return 0;
+}
+
+int seg_writer_open(int fd, uint32_t page_size, uint64_t generation, uint64_t first_txid,
+                    uint64_t pre_chk, uint32_t db_pages_before, int zstd_level,
+                    seg_writer **out, wserr *err) {
+    *out = NULL;
+    if (!ws_page_size_valid(page_size))
+        return wserr_set(err, WALSHIP_ERR_INVALID, "invalid page size %u", page_size);
+    seg_writer *w = calloc(1, sizeof *w);
+    if (w == NULL) return wserr_set(err, WALSHIP_ERR_NOMEM, "out of memory");
+    w->fd = fd;
+    w->outcap = ZSTD_CStreamOutSize();
+    w->out = malloc(w->outcap);
+    w->cctx = ZSTD_createCCtx();
+    w->xxh = XXH3_createState();
+    if (w->out == NULL || w->cctx == NULL || w->xxh == NULL) {
+        seg_writer_free(w);
+        return wserr_set(err, WALSHIP_ERR_NOMEM, "out of memory");
+    }
+    XXH3_64bits_reset(w->xxh);
+    ZSTD_CCtx_setParameter(w->cctx, ZSTD_c_compressionLevel, zstd_level);
+    ZSTD_CCtx_setParameter(w->cctx, ZSTD_c_checksumFlag, 1);
+    w->h.page_size = page_size;
+    w->h.generation = generation;
+    w->h.first_txid = first_txid;
+    w->h.pre_chk = pre_chk;
+    w->h.post_chk = pre_chk;
+    w->h.db_pages_before = db_pages_before;
+    w->h.db_pages_after = db_pages_before;
+    w->next_txid = first_txid;
+    uint8_t zero[SEG_HEADER_SIZE] = {0};
+    if (ws_pwrite_all(fd, zero, sizeof zero, 0) != 0 || lseek(fd, SEG_HEADER_SIZE, SEEK_SET) < 0) {
+        int e = errno;
+        seg_writer_free(w);
+        return wserr_errno(err, wserr_from_errno(e), e, "write segment header");
+    }
+    *out = w;
+    return 0;
+}
+
+int seg_writer_begin_tx(seg_writer *w, uint64_t txid, wserr *err) {
+    if (w->in_tx || txid != w->next_txid)
+        return wserr_set(err, WALSHIP_ERR_STATE, "segment: transaction %llu out of order",
+                         (unsigned long long)txid);
+    uint8_t rec[REC_BEGIN_SIZE];
+    rec[0] = REC_BEGIN;
+    ws_put_be64(rec + 1, txid);
+    w->in_tx = 1;
+    w->cur_txid = txid;
+    w->cur_npages = 0;
+    return w_feed(w, rec, sizeof rec, ZSTD_e_continue, err);
+}
+
+int seg_writer_page(seg_writer *w, uint32_t pgno, const uint8_t *data, wserr *err) {
+    if (!w->in_tx || pgno == 0 || pgno > MAX_PGNO)
+        return wserr_set(err, WALSHIP_ERR_STATE, "segment: page %u outside a transaction", pgno);
+    uint8_t rec[REC_PAGE_HEAD];
+    rec[0] = REC_PAGE;
+    ws_put_be32(rec + 1, pgno);
+    int rc = w_feed(w, rec, sizeof rec, ZSTD_e_continue, err);
+    if (rc) return rc;
+    w->cur_npages++;
+    return w_feed(w, data, w->h.page_size, ZSTD_e_continue, err);
+}
+
+int seg_writer_commit_tx(seg_writer *w, uint64_t txid, int64_t commit_ms, uint32_t db_pages,
+                         uint32_t npages, uint64_t post_chk, wserr *err) {
+    if (!w->in_tx || txid != w->cur_txid || npages != w->cur_npages || db_pages == 0)
+        return wserr_set(err, WALSHIP_ERR_STATE, "segment: bad commit of transaction %llu",
+                         (unsigned long long)txid);
+    uint8_t rec[REC_COMMIT_SIZE];
+    rec[0] = REC_COMMIT;
+    ws_put_be64(rec + 1, txid);
+    ws_put_be64(rec + 9, (uint64_t)commit_ms);
+    ws_put_be32(rec + 17, db_pages);
+    ws_put_be32(rec + 21, npages);
+    ws_put_be64(rec + 25, post_chk);
+    int rc = w_feed(w, rec, sizeof rec, ZSTD_e_continue, err);
+    if (rc) return rc;
+    if (w->h.ntx == 0) w->h.first_commit_ms = commit_ms;
+    w->h.last_commit_ms = commit_ms;
+    w->h.last_txid = txid;
+    w->h.ntx++;
+    w->h.post_chk = post_chk;
+    w->h.db_pages_after = db_pages;
+    w->in_tx = 0;
+    w->next_txid = txid + 1;
+    return 0;
+}
+
+static void encode_header(uint8_t *b, const seg_header *h) {
+    memset(b, 0, SEG_HEADER_SIZE);
+    memcpy(b, SEG_MAGIC, 8);
+    ws_put_be32(b + 8, SEG_VERSION);
+    ws_put_be32(b + 12, SEG_HEADER_SIZE);
+    ws_put_be32(b + 16, h->page_size);
+    ws_put_be32(b + 20, h->ntx);
+    ws_put_be64(b + 24, h->generation);
+    ws_put_be64(b + 32, h->first_txid);
+    ws_put_be64(b + 40, h->last_txid);
+    ws_put_be64(b + 48, (uint64_t)h->first_commit_ms);
+    ws_put_be64(b + 56, (uint64_t)h->last_commit_ms);
+    ws_put_be64(b + 64, h->pre_chk);
+    ws_put_be64(b + 72, h->post_chk);
+    ws_put_be32(b + 80, h->db_pages_before);
+    ws_put_be32(b + 84, h->db_pages_after);
+    ws_put_be64(b + 88, h->body_len);
+    ws_walpos_encode(b + 96, &h->resume);
+    ws_put_be64(b + 152, XXH3_64bits(b, 152));
+}
+
+int seg_writer_finish(seg_writer *w, const ws_walpos *resume, seg_header *hdr_out, wserr *err) {
+    if (w->in_tx || w->h.ntx == 0)
+        return wserr_set(err, WALSHIP_ERR_STATE, "segment: finish with %s",
+                         w->in_tx ? "an open transaction" : "no transactions");
+    /* Account the final flush without hashing extra bytes. */
+    ZSTD_inBuffer in = {NULL, 0, 0};
+    for (;;) {
+        ZSTD_outBuffer o = {w->out, w->outcap, 0};
+        size_t r = ZSTD_compressStream2(w->cctx, &o, &in, ZSTD_e_end);
+        if (ZSTD_isError(r))
+            return wserr_set(err, WALSHIP_ERR_IO, "zstd compression failed: %s", ZSTD_getErrorName(r));
+        int rc = w_flush_out(w, o.pos, err);
+        if (rc) return rc;
+        if (r == 0) break;
+    }
+    uint8_t trailer[SEG_TRAILER_SIZE];
+    ws_put_be64(trailer, XXH3_64bits_digest(w->xxh));
+    ws_put_be64(trailer + 8, w->compressed);
+    memcpy(trailer + 16, SEG_TRAILER_MAGIC, 8);
+    if (ws_write_all(w->fd, trailer, sizeof trailer) != 0)
+        return wserr_errno(err, wserr_from_errno(errno), errno, "write segment trailer");
+    w->h.resume = *resume;
+    uint8_t hdr[SEG_HEADER_SIZE];
+    encode_header(hdr, &w->h);
+    if (ws_pwrite_all(w->fd, hdr, sizeof hdr, 0) != 0)
+        return wserr_errno(err, wserr_from_errno(errno), errno, "write segment header");
+    if (hdr_out) *hdr_out = w->h;
+    return 0;
+}
+
+uint64_t seg_writer_bytes(const seg_writer *w) {
+    return SEG_HEADER_SIZE + w->compressed + SEG_TRAILER_SIZE;
+}
+
+uint32_t seg_writer_ntx(const seg_writer *w) { return w->h.ntx; }
+
+void seg_writer_free(seg_writer *w) {
+    if (w == NULL) return;
+    ZSTD_freeCCtx(w->cctx);
+    XXH3_freeState(w->xxh);
+    free(w->out);
+    free(w);
+}
+
+/* ---- reader --------------------------------------------------------------- */
+int seg_parse(const uint8_t *obj, size_t n, seg_header *h, wserr *err) {
+    if (n < SEG_HEADER_SIZE + SEG_TRAILER_SIZE)
+        return wserr_set(err, WALSHIP_ERR_CORRUPT, "segment is %zu bytes, too short", n);
+    if (memcmp(obj, SEG_MAGIC, 8) != 0)
+        return wserr_set(err, WALSHIP_ERR_CORRUPT, "not a walship segment (bad magic)");
+    if (ws_get_be32(obj + 8) != SEG_VERSION)
+        return wserr_set(err, WALSHIP_ERR_CORRUPT,
+                         "segment format version %u is not supported (this walship reads %d)",
+                         ws_get_be32(obj + 8), SEG_VERSION);
+    if (ws_get_be32(obj + 12) != SEG_HEADER_SIZE || ws_get_be64(obj + 152) != XXH3_64bits(obj, 152))
+        return wserr_set(err, WALSHIP_ERR_CORRUPT, "segment header checksum mismatch");
+    memset(h, 0, sizeof *h);
+    h->page_size = ws_get_be32(obj + 16);
+    h->ntx = ws_get_be32(obj + 20);
+    h->generation = ws_get_be64(obj + 24);
+    h->first_txid = ws_get_be64(obj + 32);
+    h->last_txid = ws_get_be64(obj + 40);
+    h->first_commit_ms = (int64_t)ws_get_be64(obj + 48);
+    h->last_commit_ms = (int64_t)ws_get_be64(obj + 56);
+    h->pre_chk = ws_get_be64(obj + 64);
+    h->post_chk = ws_get_be64(obj + 72);
+    h->db_pages_before = ws_get_be32(obj + 80);
+    h->db_pages_after = ws_get_be32(obj + 84);
+    h->body_len = ws_get_be64(obj + 88);
+    ws_walpos_decode(obj + 96, &h->resume);
+    if (!ws_page_size_valid(h->page_size) || h->ntx == 0 || h->first_txid == 0 ||
+        h->last_txid < h->first_txid || h->last_txid - h->first_txid + 1 != h->ntx ||
+        h->db_pages_after == 0 || h->db_pages_after > MAX_PGNO)
+        return wserr_set(err, WALSHIP_ERR_CORRUPT, "segment header has inconsistent fields");
+    const uint8_t *t = obj + n - SEG_TRAILER_SIZE;
+    if (memcmp(t + 16, SEG_TRAILER_MAGIC, 8) != 0)
+        return wserr_set(err, WALSHIP_ERR_CORRUPT, "segment trailer missing (truncated object?)");
+    if (ws_get_be64(t + 8) != n - SEG_HEADER_SIZE - SEG_TRAILER_SIZE)
+        return wserr_set(err, WALSHIP_ERR_CORRUPT, "segment length does not match its trailer");
+    return 0;
+}
+
+struct seg_iter {
+    seg_header h;
+    uint64_t body_xxh;
+    ZSTD_DCtx *dctx;
+    ZSTD_inBuffer in;
+    int frame_done;
+    uint8_t *buf;
+    size_t cap, start, end;
+    XXH3_state_t *xxh;
+    uint64_t body_seen;
+    int in_tx;
+    uint64_t cur_txid;
+    uint32_t cur_npages;
+    uint64_t next_txid;
+    uint32_t ntx_seen;
+    int done;
+};
+
+#define ITER_BUF (256u * 1024u + 65536u + 64u)
+
+int seg_iter_open(const uint8_t *obj, size_t n, seg_iter **out, wserr *err) {
+    *out = NULL;
+    seg_header h;
+    int rc = seg_parse(obj, n, &h, err);
+    if (rc) return rc;
+    seg_iter *it = calloc(1, sizeof *it);
+    if (it == NULL) return wserr_set(err, WALSHIP_ERR_NOMEM, "out of memory");
+    it->h = h;
+    it->body_xxh = ws_get_be64(obj + n - SEG_TRAILER_SIZE);
+    it->dctx = ZSTD_createDCtx();
+    it->cap = ITER_BUF;
+    it->buf = malloc(it->cap);
+    it->xxh = XXH3_createState();
+    if (it->dctx == NULL || it->buf == NULL || it->xxh == NULL) {
+        seg_iter_free(it);
+        return wserr_set(err, WALSHIP_ERR_NOMEM, "out of memory");
+    }
+    /* Bound the decoder's window so a hostile frame cannot demand gigabytes. */
+    ZSTD_DCtx_setParameter(it->dctx, ZSTD_d_windowLogMax, 27);
+    XXH3_64bits_reset(it->xxh);
+    it->in.src = obj + SEG_HEADER_SIZE;
+    it->in.size = n - SEG_HEADER_SIZE - SEG_TRAILER_SIZE;
+    it->in.pos = 0;
+    it->next_txid = h.first_txid;
+    *out = it;
+    return 0;
+}
+
+const seg_header *seg_iter_header(const seg_iter *it) { return &it->h; }
+
+/* Makes at least k bytes available at buf[start..end); returns 1 if they
+** are, 0 at the clean end of the body, -1 on error. */
+static int need(seg_iter *it, size_t k, wserr *err) {
+    while (it->end - it->start < k) {
+        if (it->start > 0) {
+            memmove(it->buf, it->buf + it->start, it->end - it->start);
+            it->end -= it->start;
+            it->start = 0;
+        }
+        if (it->frame_done) {
+            if (it->end == 0) return 0;
+            wserr_set(err, WALSHIP_ERR_CORRUPT, "segment body ends inside a record");
+            return -1;
+        }
+        ZSTD_outBuffer o = {it->buf + it->end, it->cap - it->end, 0};
+        size_t r = ZSTD_decompressStream(it->dctx, &o, &it->in);
+        if (ZSTD_isError(r)) {
+            wserr_set(err, WALSHIP_ERR_CORRUPT, "segment body does not decompress: %s",
+                      ZSTD_getErrorName(r));
+            return -1;
+        }
+        if (o.pos > 0) {
+            XXH3_64bits_update(it->xxh, it->buf + it->end, o.pos);
+            it->body_seen += o.pos;
+            it->end += o.pos;
+            if (it->body_seen > it->h.body_len) {
+                wserr_set(err, WALSHIP_ERR_CORRUPT, "segment body longer than its header says");
+                return -1;
+            }
+        }
+        if (r == 0) {
+            it->frame_done = 1;
+            if (it->in.pos != it->in.size) {
+                wserr_set(err, WALSHIP_ERR_CORRUPT, "bytes after the segment body");
+                return -1;
+            }
+        } else if (o.pos == 0 && it->in.pos == it->in.size) {
+            wserr_set(err, WALSHIP_ERR_CORRUPT, "segment body is truncated");
+            return -1;
+        }
+    }
+    return 1;
+}
+
+int seg_iter_next(seg_iter *it, seg_event *ev, wserr *err) {
+    memset(ev, 0, sizeof *ev);
+    if (it->done) {
+        ev->type = SEG_EV_END;
+        return 0;
+    }
+    int r = need(it, 1, err);
+    if (r < 0) return WALSHIP_ERR_CORRUPT;
+    if (r == 0) {
+        if (it->in_tx || it->ntx_seen != it->h.ntx || it->body_seen != it->h.body_len)
+            return wserr_set(err, WALSHIP_ERR_CORRUPT,
+                             "segment body is incomplete (%u of %u transactions)", it->ntx_seen,
+                             it->h.ntx);
+        if (XXH3_64bits_digest(it->xxh) != it->body_xxh)
+            return wserr_set(err, WALSHIP_ERR_CORRUPT, "segment body checksum mismatch");
+        it->done = 1;
+        ev->type = SEG_EV_END;
+        return 0;
+    }
+    uint8_t tag = it->buf[it->start];
+    switch (tag) {
+    case REC_BEGIN:
+        if (need(it, REC_BEGIN_SIZE, err) != 1) goto truncated;
+        ev->type = SEG_EV_BEGIN;
+        ev->txid = ws_get_be64(it->buf + it->start + 1);
+        if (it->in_tx || ev->txid != it->next_txid || ev->txid > it->h.last_txid)
+            return wserr_set(err, WALSHIP_ERR_CORRUPT, "segment: transaction %llu out of order",
+                             (unsigned long long)ev->txid);
+        it->in_tx = 1;
+        it->cur_txid = ev->txid;
+        it->cur_npages = 0;
+        it->start += REC_BEGIN_SIZE;
+        return 0;
+    case REC_PAGE: {
+        size_t sz = REC_PAGE_HEAD + it->h.page_size;
+        if (need(it, sz, err) != 1) goto truncated;
+        ev->type = SEG_EV_PAGE;
+        ev->pgno = ws_get_be32(it->buf + it->start + 1);
+        ev->page = it->buf + it->start + REC_PAGE_HEAD;
+        if (!it->in_tx || ev->pgno == 0 || ev->pgno > MAX_PGNO)
+            return wserr_set(err, WALSHIP_ERR_CORRUPT, "segment: bad page record (page %u)",
+                             ev->pgno);
+        it->cur_npages++;
+        it->start += sz;
+        return 0;
+    }
+    case REC_COMMIT: {
+        if (need(it, REC_COMMIT_SIZE, err) != 1) goto truncated;
+        const uint8_t *p = it->buf + it->start;
+        ev->type = SEG_EV_COMMIT;
+        ev->txid = ws_get_be64(p + 1);
+        ev->commit_ms = (int64_t)ws_get_be64(p + 9);
+        ev->db_pages = ws_get_be32(p + 17);
+        ev->npages = ws_get_be32(p + 21);
+        ev->post_chk = ws_get_be64(p + 25);
+        if (!it->in_tx || ev->txid != it->cur_txid || ev->npages != it->cur_npages ||
+            ev->db_pages == 0 || ev->db_pages > MAX_PGNO)
+            return wserr_set(err, WALSHIP_ERR_CORRUPT, "segment: bad commit record for %llu",
+                             (unsigned long long)ev->txid);
+        it->in_tx = 0;
+        it->next_txid = ev->txid + 1;
+        it->ntx_seen++;
+        it->start += REC_COMMIT_SIZE;
+        return 0;
+    }
+    default:
+        return wserr_set(err, WALSHIP_ERR_CORRUPT, "segment: unknown record tag %u", tag);
+    }
+truncated:
+    if (err && err->code) return err->code;
+    return wserr_set(err, WALSHIP_ERR_CORRUPT, "segment body ends inside a record");
+}
+
+void seg_iter_free(seg_iter *it) {
+    if (it == NULL) return;
+    ZSTD_freeDCtx(it->dctx);
+    XXH3_freeState(it->xxh);
+    free(it->buf);
+    free(it);
+}

@@ -1,0 +1,45 @@
+/*
+** config.h -- per-database options, from URI parameters (walship_<name>)
+** and environment variables (WALSHIP_<NAME>); URI wins.
+**
+**   url               destination: s3://bucket/prefix or file:///dir. The
+**                     WALSHIP_URL environment variable is a base: each
+**                     database ships to <base>/<database file name>.
+**   ship_interval     batch window before a segment is uploaded (default 1s;
+**                     0 = as soon as possible). Durations: 250ms, 5s, 10m, 24h, 7d.
+**   zstd_level        1..19 (default 3)
+**   snapshot_interval a new snapshot after this long (default 1h), or sooner
+**                     once the WAL shipped since the last one exceeds the
+**                     database size
+**   retention         keep what restores to any point in this window need
+**                     (default 24h)
+**   spool_dir         where the spool lives (default <db>-walship beside it;
+**                     WALSHIP_SPOOL_DIR is a base: <base>/<name>-walship)
+*/
+#ifndef WS_CONFIG_H
+#define WS_CONFIG_H
+
+#include <stdint.h>
+
+#include "../common/err.h"
+
+typedef struct ws_config {
+    char url[2048];
+    char spool_dir[4096];
+    int64_t ship_interval_ms;
+    int zstd_level;
+    int64_t snapshot_interval_ms;
+    int64_t retention_ms;
+} ws_config;
+
+/* Looks up an option by name: first through get_param (URI parameter
+** "walship_<name>", may be NULL), then the environment (WALSHIP_<NAME>).
+** Fills cfg for the database at db_path. Errors name the bad option. */
+typedef const char *(*ws_param_fn)(void *ctx, const char *name);
+int ws_config_load(ws_config *cfg, const char *db_path, ws_param_fn get_param, void *ctx,
+                   wserr *err);
+
+/* Parses "250ms", "5s", "10m", "24h", "7d" or a plain number of default_unit_ms. */
+int ws_parse_duration(const char *s, int64_t default_unit_ms, int64_t *out_ms);
+
+#endif

@@ -1,0 +1,326 @@
+/*
+** registry.c -- the process-wide registry of shippers and the thread pool
+** that runs them.
+**
+** There is one shipper per database path in a process, found by path and
+** refcounted: every VFS connection to the database holds a reference. The
+** pool is a fixed set of worker threads (WALSHIP_THREADS, default 2) that
+** run shipper steps: a worker takes the shipper whose due time is earliest,
+** runs one bounded step with no lock held, and records when the shipper wants
+** to run next. A shipper is never stepped by two workers at once. When the
+** last reference goes, the shipper stays in the pool until everything it
+** recorded is shipped, then it is freed.
+**
+** Lock order: pool.mu, then shipper.mu. Neither is held while a step runs.
+*/
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../common/log.h"
+#include "../common/util.h"
+#include "shipper_impl.h"
+
+#define MAX_THREADS 16
+
+static struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv; /* workers wait here */
+    shipper *list;
+    pthread_t threads[MAX_THREADS];
+    int nthreads;
+    int shutdown;
+} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, {0}, 0, 0};
+
+static void *base_vfs;
+
+void shipper_set_base_vfs(void *vfs) { base_vfs = vfs; }
+void *shipper_base_vfs(void);
+void *shipper_base_vfs(void) { return base_vfs; }
+
+/* Absolute deadline for pthread_cond_timedwait from a monotonic ms time. */
+static void deadline_in(struct timespec *ts, int64_t ms) {
+    clock_gettime(CLOCK_MONOTONIC, ts);
+    ts->tv_sec += ms / 1000;
+    ts->tv_nsec += (ms % 1000) * 1000000;
+    if (ts->tv_nsec >= 1000000000) {
+        ts->tv_sec++;
+        ts->tv_nsec -= 1000000000;
+    }
+}
+
+static void cond_init_mono(pthread_cond_t *cv) {
+    pthread_condattr_t a;
+    pthread_condattr_init(&a);
+    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+    pthread_cond_init(cv, &a);
+    pthread_condattr_destroy(&a);
+}
+
+static void shipper_free(shipper *sh) {
+    if (sh == NULL) return;
+    ship_state_free(&sh->ss);
+    if (sh->elected) spool_unelect(sh->sp);
+    spool_close(sh->sp);
+    pthread_mutex_destroy(&sh->mu);
+    pthread_cond_destroy(&sh->cv);
+    free(sh->db_path);
+    free(sh->wal_path);
+    free(sh);
+}
+
+/* Removes sh from the list (pool.mu held). */
+static void unlink_locked(shipper *sh) {
+    for (shipper **pp = &pool.list; *pp; pp = &(*pp)->next) {
+        if (*pp == sh) {
+            *pp = sh->next;
+            return;
+        }
+    }
+}
+
+static void *worker_main(void *arg) {
+    (void)arg;
+    pthread_mutex_lock(&pool.mu);
+    while (!pool.shutdown) {
+        int64_t now = ws_mono_ms();
+        shipper *best = NULL;
+        int64_t soonest = now + 100;
+        for (shipper *sh = pool.list; sh; sh = sh->next) {
+            if (sh->running) continue;
+            int64_t due = atomic_load(&sh->nudged) ? now : sh->due_mono;
+            if (due <= now && (best == NULL || due < best->due_mono)) best = sh;
+            if (due < soonest) soonest = due;
+        }
+        if (best == NULL) {
+            struct timespec ts;
+            deadline_in(&ts, soonest > now ? soonest - now : 1);
+            pthread_cond_timedwait(&pool.cv, &pool.mu, &ts);
+            continue;
+        }
+        best->running = 1;
+        atomic_store(&best->nudged, 0);
+        pthread_mutex_unlock(&pool.mu);
+        int64_t next = ship_step(best);
+        pthread_mutex_lock(&pool.mu);
+        best->running = 0;
+        best->due_mono = next;
+        int retire = best->refs == 0 && ship_idle(best);
+        if (retire) unlink_locked(best);
+        pthread_mutex_lock(&best->mu);
+        pthread_cond_broadcast(&best->cv);
+        pthread_mutex_unlock(&best->mu);
+        if (retire) {
+            pthread_mutex_unlock(&pool.mu);
+            shipper_free(best);
+            pthread_mutex_lock(&pool.mu);
+        }
+    }
+    pthread_mutex_unlock(&pool.mu);
+    return NULL;
+}
+
+/* Starts the workers on first use (pool.mu held). */
+static int pool_start_locked(wserr *err) {
+    if (pool.nthreads > 0) return 0;
+    int n = 2;
+    const char *env = getenv("WALSHIP_THREADS");
+    if (env && *env) {
+        n = atoi(env);
+        if (n < 1) n = 1;
+        if (n > MAX_THREADS) n = MAX_THREADS;
+    }
+    pool.shutdown = 0;
+    for (int i = 0; i < n; i++) {
+        int rc = pthread_create(&pool.threads[i], NULL, worker_main, NULL);
+        if (rc != 0) {
+            if (i > 0) break; /* run with fewer workers */
+            return wserr_errno(err, WALSHIP_ERR_NOMEM, rc, "start shipper thread");
+        }
+        pool.nthreads++;
+    }
+    return 0;
+}
+
+void shipper_pool_shutdown(void) {
+    pthread_mutex_lock(&pool.mu);
+    pool.shutdown = 1;
+    pthread_cond_broadcast(&pool.cv);
+    int n = pool.nthreads;
+    pool.nthreads = 0;
+    pthread_mutex_unlock(&pool.mu);
+    for (int i = 0; i < n; i++) pthread_join(pool.threads[i], NULL);
+    pthread_mutex_lock(&pool.mu);
+    shipper *list = pool.list;
+    pool.list = NULL;
+    pthread_mutex_unlock(&pool.mu);
+    while (list) {
+        shipper *next = list->next;
+        shipper_free(list);
+        list = next;
+    }
+}
+
+static shipper *find_locked(const char *db_path) {
+    for (shipper *sh = pool.list; sh; sh = sh->next)
+        if (strcmp(sh->db_path, db_path) == 0) return sh;
+    return NULL;
+}
+
+int shipper_attach(const char *db_path, const ws_config *cfg, shipper **out, wserr *err) {
+    *out = NULL;
+    pthread_mutex_lock(&pool.mu);
+    shipper *sh = find_locked(db_path);
+    if (sh) {
+        if (strcmp(sh->cfg.url, cfg->url) != 0) {
+            pthread_mutex_unlock(&pool.mu);
+            return wserr_set(err, WALSHIP_ERR_INVALID,
+                             "%s is already shipping to a different URL in this process; one "
+                             "database has one destination",
+                             db_path);
+        }
+        sh->refs++;
+        pthread_mutex_unlock(&pool.mu);
+        *out = sh;
+        return 0;
+    }
+    int rc = pool_start_locked(err);
+    if (rc) {
+        pthread_mutex_unlock(&pool.mu);
+        return rc;
+    }
+    pthread_mutex_unlock(&pool.mu);
+
+    /* Build the new shipper without the pool lock (opening the spool does
+    ** file I/O), then insert it unless another thread won the race. */
+    sh = calloc(1, sizeof *sh);
+    if (sh == NULL) return wserr_set(err, WALSHIP_ERR_NOMEM, "out of memory");
+    pthread_mutex_init(&sh->mu, NULL);
+    cond_init_mono(&sh->cv);
+    ship_state_init(&sh->ss);
+    sh->cfg = *cfg;
+    sh->db_path = strdup(db_path);
+    size_t n = strlen(db_path) + 5;
+    sh->wal_path = malloc(n);
+    if (sh->db_path == NULL || sh->wal_path == NULL) {
+        shipper_free(sh);
+        return wserr_set(err, WALSHIP_ERR_NOMEM, "out of memory");
+    }
+    snprintf(sh->wal_path, n, "%s-wal", db_path);
+    rc = spool_open(cfg->spool_dir, &sh->sp, err);
+    if (rc) {
+        shipper_free(sh);
+        return rc;
+    }
+    sh->refs = 1;
+    sh->due_mono = ws_mono_ms();
+    pthread_mutex_lock(&pool.mu);
+    shipper *other = find_locked(db_path);
+    if (other) {
+        other->refs++;
+        pthread_mutex_unlock(&pool.mu);
+        shipper_free(sh);
+        *out = other;
+        return 0;
+    }
+    sh->next = pool.list;
+    pool.list = sh;
+    pthread_cond_signal(&pool.cv);
+    pthread_mutex_unlock(&pool.mu);
+    *out = sh;
+    return 0;
+}
+
+void shipper_detach(shipper *sh) {
+    if (sh == NULL) return;
+    pthread_mutex_lock(&pool.mu);
+    sh->refs--;
+    if (sh->refs == 0) {
+        /* Let a worker look at it soon: it retires once drained. */
+        sh->due_mono = ws_mono_ms();
+        pthread_cond_signal(&pool.cv);
+    }
+    pthread_mutex_unlock(&pool.mu);
+}
+
+shipper *shipper_find(const char *db_path) {
+    pthread_mutex_lock(&pool.mu);
+    shipper *sh = find_locked(db_path);
+    if (sh) sh->refs++;
+    pthread_mutex_unlock(&pool.mu);
+    return sh;
+}
+
+spool *shipper_spool(shipper *sh) { return sh->sp; }
+const ws_config *shipper_config(shipper *sh) { return &sh->cfg; }
+const char *shipper_db_path(shipper *sh) { return sh->db_path; }
+
+void shipper_nudge(shipper *sh) {
+    /* Called on every commit: no lock. A ship interval of 0 wants the
+    ** commit shipped now; otherwise the step comes at its due time anyway
+    ** and the flag just says "there is news". */
+    atomic_store(&sh->nudged, 1);
+    if (sh->cfg.ship_interval_ms == 0) pthread_cond_signal(&pool.cv);
+}
+
+int shipper_flush(shipper *sh, int64_t timeout_ms) {
+    spool_pos target;
+    spool_end(sh->sp, &target);
+    spool_flush_request(sh->sp);
+    int64_t deadline = timeout_ms < 0 ? INT64_MAX : ws_mono_ms() + timeout_ms;
+    pthread_mutex_lock(&pool.mu);
+    atomic_store(&sh->nudged, 1);
+    pthread_cond_broadcast(&pool.cv);
+    pthread_mutex_unlock(&pool.mu);
+    pthread_mutex_lock(&sh->mu);
+    for (;;) {
+        spool_status st;
+        spool_status_get(sh->sp, &st);
+        if (st.heartbeat_ms != 0 && spool_pos_cmp(st.uploaded, target) >= 0) {
+            pthread_mutex_unlock(&sh->mu);
+            return 1;
+        }
+        int64_t now = ws_mono_ms();
+        if (now >= deadline) break;
+        /* Woken after each local step; the 20 ms cap covers a shipper that
+        ** runs in another process. */
+        struct timespec ts;
+        int64_t wait = deadline - now < 20 ? deadline - now : 20;
+        deadline_in(&ts, wait);
+        pthread_cond_timedwait(&sh->cv, &sh->mu, &ts);
+    }
+    pthread_mutex_unlock(&sh->mu);
+    return 0;
+}
+
+void shipper_stash_final_hdr(shipper *sh, const walidx_hdr *h) {
+    pthread_mutex_lock(&sh->mu);
+    sh->final_hdr = *h;
+    sh->have_final = 1;
+    pthread_mutex_unlock(&sh->mu);
+}
+
+int shipper_take_final_hdr(shipper *sh, walidx_hdr *out) {
+    pthread_mutex_lock(&sh->mu);
+    int have = sh->have_final;
+    if (have) *out = sh->final_hdr;
+    sh->have_final = 0;
+    pthread_mutex_unlock(&sh->mu);
+    return have ? 0 : -1;
+}
+
+void shipper_report_error(shipper *sh, const char *fmt, ...) {
+    char msg[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    pthread_mutex_lock(&sh->mu);
+    memcpy(sh->vfs_error, msg, sizeof msg);
+    pthread_mutex_unlock(&sh->mu);
+    WS_ERROR("replication_error", "db=%s err=\"%s\"", sh->db_path, msg);
+}

@@ -1,0 +1,1039 @@
+/*
+** ship.c -- one database's shipping work, as bounded steps.
+**
+** A step (run by a pool worker, see registry.c) does, in order:
+**   1. election: only the process holding <spool>/lock ships;
+**   2. start-up (once): load the durable state, redo queued segments into
+**      the page hashes, check continuity, or start a new generation;
+**   3. consumption: read spool records from the resume position and the
+**      committed WAL frames they point at, split frames into transactions
+**      at commit frames, number them, update the rolling checksum, and
+**      append them to the open segment;
+**   4. snapshot work (snapjob.c), when one is running;
+**   5. closing the open segment once the ship interval has passed (or a
+**      flush is asked for): the file is synced and moved into <spool>/queue,
+**      then the state file records the new position;
+**   6. uploads: queued objects go to the store strictly in order;
+**   7. retention, now and then; status for `walship status`.
+**
+** Consumption rules (ARCHITECTURE.md sections 2-3):
+**   WATERMARK(S, mx)  frames up to mx of WAL S are committed; they are read
+**                     from the WAL file and each is checked (salts, checksum
+**                     chain). A frame that fails the check means the WAL was
+**                     restarted underneath: the copy the VFS put in the spool
+**                     before the restart will follow, so reading stops.
+**   FRAMES(S, ...)    that copy: frames are taken from the record instead.
+**   WAL_END(S, mx)    WAL S is finished; every frame up to mx must have been
+**                     consumed by now, or history has a gap.
+**   WAL_BEGIN(hdr)    a new WAL starts; only valid after WAL_END.
+** Anything else (a WAL the spool never announced, a gap, a page size
+** change) breaks continuity: the shipper starts a new generation with a
+** fresh snapshot instead of shipping a history that does not follow.
+*/
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "../common/log.h"
+#include "../common/util.h"
+#include "shipper_impl.h"
+
+enum { PH_UNELECTED = 0, PH_INIT = 1, PH_RUN = 2 };
+
+#define ELECT_RETRY_MS 1000
+#define IDLE_POLL_MS 100
+#define SEGMENT_MAX_BYTES ((uint64_t)32 << 20)
+#define STEP_MAX_RECORDS 4096
+#define STEP_MAX_MS 200
+#define RETENTION_EVERY_MS (10 * 60 * 1000)
+#define BACKOFF_MAX_MS 30000
+
+void *shipper_base_vfs(void);
+
+/* ---- small helpers --------------------------------------------------------- */
+static int spool_file(shipper *sh, const char *name, char *out, size_t n) {
+    return snprintf(out, n, "%s/%s", spool_path(sh->sp), name) >= (int)n ? -1 : 0;
+}
+
+static int queue_dir(shipper *sh, char *out, size_t n) { return spool_file(sh, "queue", out, n); }
+
+uint64_t ship_new_generation_id(void) {
+    /* Microseconds since the epoch: sorts by creation time. */
+    static _Atomic uint64_t last;
+    uint64_t now = (uint64_t)ws_now_us(), prev = atomic_load(&last);
+    for (;;) {
+        uint64_t next = now > prev ? now : prev + 1;
+        if (atomic_compare_exchange_weak(&last, &prev, next)) return next;
+    }
+}
+
+void ship_state_init(ship_state *ss) {
+    memset(ss, 0, sizeof *ss);
+    ss->wal_fd = -1;
+    ss->seg_fd = -1;
+    ss->hs.fd = -1;
+}
+
+static void close_segment_tmp(shipper *sh) {
+    ship_state *ss = &sh->ss;
+    seg_writer_free(ss->segw);
+    ss->segw = NULL;
+    if (ss->seg_fd >= 0) close(ss->seg_fd);
+    ss->seg_fd = -1;
+    char path[PATH_MAX];
+    if (spool_file(sh, "seg.tmp", path, sizeof path) == 0) unlink(path);
+}
+
+/* Drops every in-memory thing that is not durable; the next step re-reads
+** the state from disk. */
+static void reset_volatile(shipper *sh) {
+    ship_state *ss = &sh->ss;
+    close_segment_tmp(sh);
+    snapjob_free(ss->snap);
+    ss->snap = NULL;
+    shipstate_close(&ss->hs);
+    ss->hs.fd = -1;
+    if (ss->wal_fd >= 0) close(ss->wal_fd);
+    ss->wal_fd = -1;
+    free(ss->queue);
+    ss->queue = NULL;
+    ss->nqueue = ss->queue_cap = 0;
+    ss->queue_bytes = 0;
+    ss->tx_open = 0;
+    ss->cur_known = 0;
+    ss->nwm = 0;
+    ss->pending_mx = 0;
+}
+
+void ship_state_free(ship_state *ss) {
+    seg_writer_free(ss->segw);
+    if (ss->seg_fd >= 0) close(ss->seg_fd);
+    snapjob_free(ss->snap);
+    shipstate_close(&ss->hs);
+    if (ss->wal_fd >= 0) close(ss->wal_fd);
+    store_free(ss->st);
+    free(ss->queue);
+    free(ss->framebuf);
+    wsbuf_free(&ss->recbuf);
+    memset(ss, 0, sizeof *ss);
+}
+
+static void set_error(shipper *sh, const char *msg) {
+    pthread_mutex_lock(&sh->mu);
+    ws_strlcpy(sh->vfs_error, msg, sizeof sh->vfs_error);
+    pthread_mutex_unlock(&sh->mu);
+}
+
+static void clear_error(shipper *sh) {
+    pthread_mutex_lock(&sh->mu);
+    sh->vfs_error[0] = '\0';
+    pthread_mutex_unlock(&sh->mu);
+}
+
+/* ---- base VFS access to the database file ----------------------------------- */
+/* A filename laid out as SQLite's xOpen expects (4 zero bytes before it, an
+** empty parameter list after it), owned by the caller's buffer. */
+static char *sqlite_style_name(const char *path, char *buf, size_t n) {
+    size_t len = strlen(path);
+    if (len + 16 > n) return NULL;
+    memset(buf, 0, n);
+    memcpy(buf + 4, path, len);
+    return buf + 4;
+}
+
+struct base_file {
+    char name[PATH_MAX + 32];
+    /* the sqlite3_file follows, szOsFile bytes */
+};
+
+int ship_open_base_file(shipper *sh, sqlite3_file **out, wserr *err) {
+    *out = NULL;
+    sqlite3_vfs *vfs = shipper_base_vfs();
+    if (vfs == NULL) return wserr_set(err, WALSHIP_ERR_STATE, "no base VFS registered");
+    struct base_file *bf = calloc(1, sizeof *bf + (size_t)vfs->szOsFile);
+    if (bf == NULL) return wserr_set(err, WALSHIP_ERR_NOMEM, "out of memory");
+    char *name = sqlite_style_name(sh->db_path, bf->name, sizeof bf->name);
+    sqlite3_file *f = (sqlite3_file *)(bf + 1);
+    int outflags = 0;
+    if (name == NULL ||
+        vfs->xOpen(vfs, name, f, SQLITE_OPEN_READWRITE | SQLITE_OPEN_MAIN_DB, &outflags) !=
+            SQLITE_OK) {
+        free(bf);
+        return wserr_set(err, WALSHIP_ERR_IO, "cannot open %s to read it", sh->db_path);
+    }
+    *out = f;
+    return 0;
+}
+
+void ship_close_base_file(sqlite3_file *f) {
+    if (f == NULL) return;
+    if (f->pMethods) f->pMethods->xClose(f);
+    free((struct base_file *)f - 1);
+}
+
+int ship_read_shm_header(shipper *sh, walidx_hdr *out) {
+    char shm[PATH_MAX];
+    struct stat st;
+    if (snprintf(shm, sizeof shm, "%s-shm", sh->db_path) >= (int)sizeof shm) return -1;
+    if (stat(shm, &st) != 0 || st.st_size < WALIDX_REGION_SIZE) return -1;
+    sqlite3_file *f = NULL;
+    if (ship_open_base_file(sh, &f, NULL) != 0) return -1;
+    int rc = -1;
+    if (f->pMethods->iVersion >= 2 && f->pMethods->xShmMap) {
+        void volatile *p = NULL;
+        if (f->pMethods->xShmMap(f, 0, WALIDX_REGION_SIZE, 0, &p) == SQLITE_OK && p) {
+            for (int i = 0; i < 100 && rc != 0; i++) rc = walidx_hdr_read(p, out);
+        }
+        f->pMethods->xShmUnmap(f, 0);
+    }
+    ship_close_base_file(f);
+    return rc;
+}
+
+/* ---- the transaction splitter ---------------------------------------------- */
+static int64_t commit_time_for(ship_state *ss, uint32_t frame) {
+    int64_t t = 0;
+    int i = 0;
+    while (i < ss->nwm && ss->wm[i].mx < frame) i++;
+    if (i < ss->nwm) t = ss->wm[i].time_ms;
+    if (t == 0) t = ss->last_time_ms ? ss->last_time_ms : ws_now_ms();
+    if (t < ss->last_time_ms) t = ss->last_time_ms;
+    /* Forget watermarks whose frames are all consumed. */
+    int k = 0;
+    while (k < ss->nwm && ss->wm[k].mx <= frame) k++;
+    if (k) {
+        memmove(ss->wm, ss->wm + k, (size_t)(ss->nwm - k) * sizeof ss->wm[0]);
+        ss->nwm -= k;
+    }
+    ss->last_time_ms = t;
+    return t;
+}
+
+static void note_watermark_time(ship_state *ss, uint32_t mx, int64_t t) {
+    if (ss->nwm > 0 && ss->wm[ss->nwm - 1].mx >= mx) return;
+    if (ss->nwm == WM_TIMES_MAX) {
+        /* Keep the newest: older commits get a slightly later time. */
+        memmove(ss->wm, ss->wm + 1, (WM_TIMES_MAX - 1) * sizeof ss->wm[0]);
+        ss->nwm--;
+    }
+    ss->wm[ss->nwm].mx = mx;
+    ss->wm[ss->nwm].time_ms = t;
+    ss->nwm++;
+}
+
+static int folding(const ship_state *ss) { return ss->snap && snapjob_is_genstart(ss->snap); }
+
+static int open_segment(shipper *sh, wserr *err) {
+    ship_state *ss = &sh->ss;
+    char path[PATH_MAX];
+    if (spool_file(sh, "seg.tmp", path, sizeof path))
+        return wserr_set(err, WALSHIP_ERR_INVALID, "spool path too long");
+    ss->seg_fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (ss->seg_fd < 0) return wserr_errno(err, wserr_from_errno(errno), errno, "create %s", path);
+    int rc = seg_writer_open(ss->seg_fd, ss->page_size, ss->gen, ss->next_txid, ss->chk,
+                             ss->db_pages, sh->cfg.zstd_level, &ss->segw, err);
+    if (rc) {
+        close(ss->seg_fd);
+        ss->seg_fd = -1;
+        return rc;
+    }
+    ss->seg_first_txid = ss->next_txid;
+    ss->seg_opened_mono = ws_mono_ms();
+    ss->seg_first_commit_ms = 0;
+    return 0;
+}
+
+/* Consumes one validated frame (24-byte header + page) as frame number
+** `index` of the current WAL. */
+static int consume_frame(shipper *sh, const uint8_t *frame, uint32_t index, wserr *err) {
+    ship_state *ss = &sh->ss;
+    wal_frame_hdr fh;
+    wal_frame_hdr_parse(frame, &fh);
+    const uint8_t *page = frame + WAL_FRAME_HDR_SIZE;
+    uint32_t pgsz = ss->page_size;
+    int fold = folding(ss);
+    int rc;
+    if (!ss->tx_open) {
+        ss->tx_open = 1;
+        ss->tx_npages = 0;
+        ss->tx_max_pgno = 0;
+        ss->tx_db_before = ss->db_pages;
+        if (!fold) {
+            if (ss->segw == NULL && (rc = open_segment(sh, err))) return rc;
+            ss->tx_txid = ss->next_txid;
+            if ((rc = seg_writer_begin_tx(ss->segw, ss->tx_txid, err))) return rc;
+        }
+    }
+    if (!fold) {
+        uint64_t old = shipstate_get(&ss->hs, fh.pgno);
+        uint64_t nh = ws_page_hash(fh.pgno, page, pgsz);
+        ss->chk ^= old ^ nh;
+        if (shipstate_set(&ss->hs, fh.pgno, nh))
+            return wserr_set(err, WALSHIP_ERR_NOMEM, "out of memory for page hashes");
+        if ((rc = seg_writer_page(ss->segw, fh.pgno, page, err))) return rc;
+    }
+    if (ss->snap && (rc = snapjob_feed(ss->snap, fh.pgno, page, fh.commit_size)))
+        return wserr_set(err, rc, "snapshot overlay write failed");
+    ss->tx_npages++;
+    if (fh.pgno > ss->tx_max_pgno) ss->tx_max_pgno = fh.pgno;
+    ss->cur.frame = index;
+    if (fh.commit_size == 0) return 0;
+
+    /* Commit frame: the transaction is whole. */
+    uint32_t n = fh.commit_size;
+    int64_t t = commit_time_for(ss, index);
+    if (!fold) {
+        uint32_t hi = ss->tx_db_before > ss->tx_max_pgno ? ss->tx_db_before : ss->tx_max_pgno;
+        for (uint32_t p = n + 1; p <= hi; p++) { /* truncation */
+            ss->chk ^= shipstate_get(&ss->hs, p);
+            shipstate_set(&ss->hs, p, 0);
+        }
+        for (uint32_t p = ss->tx_db_before + 1; p <= n; p++) { /* growth without a write */
+            if (shipstate_get(&ss->hs, p) == 0) {
+                uint64_t z = ws_zero_page_hash(p, pgsz);
+                ss->chk ^= z;
+                shipstate_set(&ss->hs, p, z);
+            }
+        }
+        if ((rc = seg_writer_commit_tx(ss->segw, ss->tx_txid, t, n, ss->tx_npages, ss->chk, err)))
+            return rc;
+        if (ss->seg_first_commit_ms == 0) ss->seg_first_commit_ms = t;
+        ss->next_txid++;
+        ss->rec.bytes_since_snapshot += (uint64_t)ss->tx_npages * pgsz;
+    }
+    ss->db_pages = n;
+    ss->rec.last_commit_ms = t;
+    ss->tx_open = 0;
+    return 0;
+}
+
+/* ---- the WAL file ------------------------------------------------------------ */
+static int wal_fd_current(shipper *sh) {
+    ship_state *ss = &sh->ss;
+    struct stat st;
+    if (stat(sh->wal_path, &st) != 0) {
+        if (ss->wal_fd >= 0) close(ss->wal_fd);
+        ss->wal_fd = -1;
+        return -1;
+    }
+    if (ss->wal_fd >= 0 && st.st_dev == ss->wal_dev && st.st_ino == ss->wal_ino) return 0;
+    if (ss->wal_fd >= 0) close(ss->wal_fd);
+    ss->wal_fd = open(sh->wal_path, O_RDONLY | O_CLOEXEC);
+    if (ss->wal_fd < 0) return -1;
+    if (fstat(ss->wal_fd, &st) != 0) {
+        close(ss->wal_fd);
+        ss->wal_fd = -1;
+        return -1;
+    }
+    ss->wal_dev = st.st_dev;
+    ss->wal_ino = st.st_ino;
+    return 0;
+}
+
+static wal_hdr cur_wal_hdr(const ship_state *ss) {
+    wal_hdr h;
+    memset(&h, 0, sizeof h);
+    h.salt1 = ss->cur.salt1;
+    h.salt2 = ss->cur.salt2;
+    h.page_size = ss->page_size;
+    return h;
+}
+
+/* Reads, checks and consumes frames cur.frame+1..upto from the WAL file.
+** Stops quietly (returning 0) at the first frame that is not there or not
+** valid: the WAL was restarted or removed and the spool will carry a copy. */
+int ship_read_wal_frames(shipper *sh, uint32_t upto, wserr *err) {
+    ship_state *ss = &sh->ss;
+    if (!ss->cur_known || (ss->cur.flags & WS_WALPOS_ENDED) || upto <= ss->cur.frame) return 0;
+    if (wal_fd_current(sh) != 0) return 0;
+    uint8_t hb[WAL_HDR_SIZE];
+    wal_hdr h;
+    if (ws_pread_full(ss->wal_fd, hb, sizeof hb, 0) != (ssize_t)sizeof hb ||
+        wal_hdr_parse(hb, &h) != 0 || h.salt1 != ss->cur.salt1 || h.salt2 != ss->cur.salt2 ||
+        h.page_size != ss->page_size)
+        return 0;
+    size_t fsz = WAL_FRAME_HDR_SIZE + (size_t)ss->page_size;
+    uint32_t per = (uint32_t)((1u << 20) / fsz);
+    if (per == 0) per = 1;
+    if (ss->framebuf_cap < per * fsz) {
+        uint8_t *b = realloc(ss->framebuf, per * fsz);
+        if (b == NULL) return wserr_set(err, WALSHIP_ERR_NOMEM, "out of memory");
+        ss->framebuf = b;
+        ss->framebuf_cap = per * fsz;
+    }
+    wal_hdr vh = cur_wal_hdr(ss);
+    wal_cksum ck = {.big_endian = ss->big_endian, .s1 = ss->cur.ck1, .s2 = ss->cur.ck2};
+    while (ss->cur.frame < upto) {
+        uint32_t first = ss->cur.frame + 1;
+        uint32_t n = upto - ss->cur.frame < per ? upto - ss->cur.frame : per;
+        ssize_t got = ws_pread_full(ss->wal_fd, ss->framebuf, n * fsz,
+                                    (off_t)wal_frame_offset(first, ss->page_size));
+        if (got < 0) return 0;
+        uint32_t have = (uint32_t)((size_t)got / fsz);
+        for (uint32_t i = 0; i < have; i++) {
+            uint8_t *fr = ss->framebuf + (size_t)i * fsz;
+            if (wal_frame_check(&vh, &ck, fr, ss->page_size) != 0) return 0;
+            int rc = consume_frame(sh, fr, first + i, err);
+            if (rc) return rc;
+            ss->cur.ck1 = ck.s1;
+            ss->cur.ck2 = ck.s2;
+        }
+        if (have < n) return 0;
+    }
+    return 0;
+}
+
+/* ---- generations -------------------------------------------------------------- */
+static int close_segment(shipper *sh, wserr *err);
+
+/* Continuity is broken: finish what can be finished and start over with a
+** new generation (a fresh snapshot). */
+static int break_continuity(shipper *sh, const char *why, wserr *err) {
+    ship_state *ss = &sh->ss;
+    WS_WARN("new_generation", "db=%s reason=\"%s\"", sh->db_path, why);
+    if (ss->snap && snapjob_is_genstart(ss->snap)) {
+        /* Already starting one: begin that again from the current state. */
+        snapjob_free(ss->snap);
+        ss->snap = NULL;
+    }
+    if (ss->segw && !ss->tx_open && seg_writer_ntx(ss->segw) > 0) {
+        int rc = close_segment(sh, err);
+        if (rc) return rc;
+    } else {
+        close_segment_tmp(sh);
+    }
+    snapjob_free(ss->snap);
+    ss->snap = NULL;
+    ss->tx_open = 0;
+    ss->cur_known = 0;
+    ss->nwm = 0;
+    ss->pending_mx = 0;
+    return snapjob_start(sh, 1, err);
+}
+
+/* ---- records ------------------------------------------------------------------ */
+static int same_wal(const ship_state *ss, uint32_t s1, uint32_t s2) {
+    return ss->cur_known && ss->cur.salt1 == s1 && ss->cur.salt2 == s2;
+}
+
+static int apply_frames_record(shipper *sh, const spool_rec *r, wserr *err) {
+    ship_state *ss = &sh->ss;
+    size_t fsz = WAL_FRAME_HDR_SIZE + (size_t)r->page_size;
+    if (r->page_size != ss->page_size) return break_continuity(sh, "page size changed", err);
+    if (r->first_frame > ss->cur.frame + 1)
+        return break_continuity(sh, "frames missing before a copied range", err);
+    wal_hdr vh = cur_wal_hdr(ss);
+    wal_cksum ck = {.big_endian = ss->big_endian, .s1 = ss->cur.ck1, .s2 = ss->cur.ck2};
+    for (uint32_t i = 0; i < r->nframes; i++) {
+        uint32_t idx = r->first_frame + i;
+        if (idx <= ss->cur.frame) continue;
+        const uint8_t *fr = r->frames + (size_t)i * fsz;
+        if (wal_frame_check(&vh, &ck, fr, r->page_size) != 0)
+            return break_continuity(sh, "a copied WAL frame failed its checksum", err);
+        int rc = consume_frame(sh, fr, idx, err);
+        if (rc) return rc;
+        ss->cur.ck1 = ck.s1;
+        ss->cur.ck2 = ck.s2;
+    }
+    return 0;
+}
+
+/* Applies one record. Returns 0 or an error; continuity breaks are handled
+** inside (a new generation starts). */
+static int apply_record(shipper *sh, const spool_rec *r, wserr *err) {
+    ship_state *ss = &sh->ss;
+    switch (r->type) {
+    case SPOOL_REC_WATERMARK:
+        if (!ss->cur_known) return 0; /* a snapshot start will place us */
+        if (!same_wal(ss, r->salt1, r->salt2)) {
+            if (ss->cur.flags & WS_WALPOS_ENDED) {
+                /* Stale watermark of a WAL that ended: harmless if nothing
+                ** new; a different WAL without WAL_BEGIN is not. */
+                return break_continuity(sh, "commits in a WAL walship never saw begin", err);
+            }
+            return break_continuity(sh, "the WAL changed outside walship", err);
+        }
+        if (ss->cur.flags & WS_WALPOS_ENDED) return 0;
+        if (r->mx_frame > ss->pending_mx) ss->pending_mx = r->mx_frame;
+        note_watermark_time(ss, r->mx_frame, r->time_ms);
+        return ship_read_wal_frames(sh, ss->pending_mx, err);
+    case SPOOL_REC_FRAMES:
+        if (!ss->cur_known || !same_wal(ss, r->salt1, r->salt2) ||
+            (ss->cur.flags & WS_WALPOS_ENDED))
+            return 0; /* a copy of frames we do not need */
+        return apply_frames_record(sh, r, err);
+    case SPOOL_REC_WAL_END:
+        if (!ss->cur_known) return 0;
+        if (!same_wal(ss, r->salt1, r->salt2)) {
+            if (ss->cur.flags & WS_WALPOS_ENDED) return 0; /* already ended */
+            return break_continuity(sh, "a WAL walship was not following ended", err);
+        }
+        if (ss->cur.flags & WS_WALPOS_ENDED) return 0;
+        if (r->mx_frame > ss->cur.frame) {
+            /* Last chance: if the frames are still in the file (a delete
+            ** that has not happened yet), take them from there. */
+            int rc = ship_read_wal_frames(sh, r->mx_frame, err);
+            if (rc) return rc;
+            if (r->mx_frame > ss->cur.frame)
+                return break_continuity(sh, "committed frames were lost before shipping", err);
+        }
+        if (ss->tx_open) return break_continuity(sh, "a WAL ended inside a transaction", err);
+        ss->cur.flags |= WS_WALPOS_ENDED;
+        ss->pending_mx = 0;
+        ss->nwm = 0;
+        return 0;
+    case SPOOL_REC_WAL_BEGIN: {
+        if (!ss->cur_known) return 0;
+        if (same_wal(ss, r->salt1, r->salt2) && !(ss->cur.flags & WS_WALPOS_ENDED)) return 0;
+        if (!(ss->cur.flags & WS_WALPOS_ENDED))
+            return break_continuity(sh, "a new WAL began while the old one had not ended", err);
+        if (r->page_size != ss->page_size)
+            return break_continuity(sh, "page size changed", err);
+        wal_hdr h;
+        wal_hdr_parse(r->wal_hdr, &h);
+        ss->cur.salt1 = h.salt1;
+        ss->cur.salt2 = h.salt2;
+        ss->cur.frame = 0;
+        ss->cur.ck1 = h.ck1;
+        ss->cur.ck2 = h.ck2;
+        ss->big_endian = (int)(h.magic & 1);
+        ss->cur.flags = ss->big_endian ? WS_WALPOS_BIGEND : 0;
+        ss->pending_mx = 0;
+        ss->nwm = 0;
+        return 0;
+    }
+    default:
+        return 0;
+    }
+}
+
+/* Reads and applies records until the end of the spool or the step budget. */
+static int consume(shipper *sh, int64_t deadline, wserr *err) {
+    ship_state *ss = &sh->ss;
+    for (int i = 0; i < STEP_MAX_RECORDS && ws_mono_ms() < deadline; i++) {
+        spool_pos before = ss->cur.log_seq || ss->cur.log_off
+                               ? (spool_pos){ss->cur.log_seq, ss->cur.log_off}
+                               : (spool_pos){0, 0};
+        spool_pos pos = before;
+        spool_rec rec;
+        int r = spool_read(sh->sp, &pos, &ss->recbuf, &rec, err);
+        if (r < 0) return -r;
+        if (r == 0) {
+            /* Nothing new: retry frames whose read failed earlier. */
+            return ship_read_wal_frames(sh, ss->pending_mx, err);
+        }
+        int had_pending = ss->cur_known && ss->pending_mx > ss->cur.frame;
+        ss->cur.log_seq = pos.seq;
+        ss->cur.log_off = pos.off;
+        int rc = apply_record(sh, &rec, err);
+        if (rc) return rc;
+        if (!ss->cur_known || ss->pending_mx <= ss->cur.frame || (ss->cur.flags & WS_WALPOS_ENDED))
+            ss->resume = pos;
+        else if (!had_pending)
+            ss->resume = before;
+    }
+    return 0;
+}
+
+/* ---- closing segments and the queue ------------------------------------------ */
+static int queue_push(ship_state *ss, const queued *q) {
+    if (ss->nqueue == ss->queue_cap) {
+        int cap = ss->queue_cap ? ss->queue_cap * 2 : 16;
+        queued *nq = realloc(ss->queue, (size_t)cap * sizeof *nq);
+        if (nq == NULL) return WALSHIP_ERR_NOMEM;
+        ss->queue = nq;
+        ss->queue_cap = cap;
+    }
+    ss->queue[ss->nqueue++] = *q;
+    ss->queue_bytes += q->bytes;
+    return 0;
+}
+
+int ship_enqueue(shipper *sh, const char *tmp_path, const queued *q, wserr *err) {
+    char dir[PATH_MAX], path[PATH_MAX];
+    if (queue_dir(sh, dir, sizeof dir) ||
+        snprintf(path, sizeof path, "%s/%s", dir, q->name) >= (int)sizeof path)
+        return wserr_set(err, WALSHIP_ERR_INVALID, "spool path too long");
+    int rc = ws_mkdir_p(dir, 0755, err);
+    if (rc) return rc;
+    if (rename(tmp_path, path) != 0)
+        return wserr_errno(err, wserr_from_errno(errno), errno, "move %s into the queue", tmp_path);
+    rc = ws_fsync_dir_of(path, err);
+    if (rc) return rc;
+    if (queue_push(&sh->ss, q)) return wserr_set(err, WALSHIP_ERR_NOMEM, "out of memory");
+    return 0;
+}
+
+/* The durable record that matches the live position (between transactions). */
+static void live_record(ship_state *ss, ship_record *r) {
+    r->generation = ss->gen;
+    r->txid = ss->next_txid - 1;
+    r->page_size = ss->page_size;
+    r->db_pages = ss->db_pages;
+    r->chk = ss->chk;
+    r->pos = ss->cur;
+    r->pos.flags = (ss->cur.flags & WS_WALPOS_ENDED) | (ss->big_endian ? WS_WALPOS_BIGEND : 0);
+    r->pos.page_size = ss->page_size;
+    r->pos.log_seq = ss->resume.seq;
+    r->pos.log_off = ss->resume.off;
+    if (!ss->cur_known) r->pos.salt1 = r->pos.salt2 = 0;
+}
+
+int ship_save_state(shipper *sh, wserr *err) {
+    ship_state *ss = &sh->ss;
+    /* Only between objects: the live position must not claim transactions
+    ** that sit in an unclosed segment. */
+    if (ss->segw != NULL || ss->tx_open)
+        return wserr_set(err, WALSHIP_ERR_STATE, "state saved with an open segment");
+    live_record(ss, &ss->rec);
+    ss->rec.shipped_txid = ss->shipped_txid;
+    int rc = shipstate_save(&ss->hs, &ss->rec, err);
+    if (rc) return rc;
+    spool_shipped_set(sh->sp, ss->rec.pos.salt1, ss->rec.pos.salt2, ss->rec.pos.frame);
+    return 0;
+}
+
+static int close_segment(shipper *sh, wserr *err) {
+    ship_state *ss = &sh->ss;
+    ship_record r;
+    live_record(ss, &r);
+    seg_header hdr;
+    int rc = seg_writer_finish(ss->segw, &r.pos, &hdr, err);
+    if (rc) return rc;
+    if (fdatasync(ss->seg_fd) != 0)
+        return wserr_errno(err, wserr_from_errno(errno), errno, "sync segment");
+    queued q;
+    memset(&q, 0, sizeof q);
+    snprintf(q.name, sizeof q.name, "%016" PRIx64 "-%016" PRIx64 "-%016" PRIx64 ".seg", ss->gen,
+             hdr.first_txid, hdr.last_txid);
+    q.generation = ss->gen;
+    q.first_txid = hdr.first_txid;
+    q.last_txid = hdr.last_txid;
+    q.last_commit_ms = hdr.last_commit_ms;
+    q.resume.seq = r.pos.log_seq;
+    q.resume.off = r.pos.log_off;
+    q.wal_salt1 = r.pos.salt1;
+    q.wal_salt2 = r.pos.salt2;
+    q.wal_frame = r.pos.frame;
+    q.bytes = seg_writer_bytes(ss->segw);
+    char tmp[PATH_MAX];
+    spool_file(sh, "seg.tmp", tmp, sizeof tmp);
+    seg_writer_free(ss->segw);
+    ss->segw = NULL;
+    close(ss->seg_fd);
+    ss->seg_fd = -1;
+    rc = ship_enqueue(sh, tmp, &q, err);
+    if (rc) return rc;
+    return ship_save_state(sh, err);
+}
+
+int ship_close_segment_if_open(shipper *sh, wserr *err) {
+    ship_state *ss = &sh->ss;
+    if (ss->segw == NULL) return 0;
+    if (ss->tx_open || seg_writer_ntx(ss->segw) == 0)
+        return wserr_set(err, WALSHIP_ERR_STATE, "segment cannot be closed inside a transaction");
+    return close_segment(sh, err);
+}
+
+static int segment_due(shipper *sh) {
+    ship_state *ss = &sh->ss;
+    if (ss->segw == NULL || ss->tx_open || seg_writer_ntx(ss->segw) == 0) return 0;
+    if (seg_writer_bytes(ss->segw) >= SEGMENT_MAX_BYTES) return 1;
+    if (ws_mono_ms() - ss->seg_opened_mono >= sh->cfg.ship_interval_ms) return 1;
+    uint32_t fr = spool_flush_requests(sh->sp);
+    if (fr != ss->flush_seen) return 1;
+    return 0;
+}
+
+/* Uploads queued objects in order until the queue is empty or one fails. */
+static int upload_queue(shipper *sh, int64_t deadline, wserr *err) {
+    ship_state *ss = &sh->ss;
+    char dir[PATH_MAX];
+    if (queue_dir(sh, dir, sizeof dir)) return wserr_set(err, WALSHIP_ERR_INVALID, "path too long");
+    while (ss->nqueue > 0) {
+        queued *q = &ss->queue[0];
+        char path[PATH_MAX], key[256];
+        snprintf(path, sizeof path, "%s/%s", dir, q->name);
+        if (q->is_snapshot)
+            snap_key(key, sizeof key, q->generation, q->last_txid);
+        else
+            seg_key(key, sizeof key, q->generation, q->first_txid, q->last_txid);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) return wserr_errno(err, wserr_from_errno(errno), errno, "open %s", path);
+        int rc = store_put_fd(ss->st, key, fd, 0, err);
+        close(fd);
+        if (rc) return rc;
+        WS_DEBUG("uploaded", "db=%s key=%s bytes=%" PRIu64, sh->db_path, key, q->bytes);
+        unlink(path);
+        if (q->last_txid > ss->shipped_txid || q->generation != ss->rec.generation)
+            ss->shipped_txid = q->last_txid;
+        ss->uploaded = q->resume;
+        ss->queue_bytes -= q->bytes;
+        memmove(ss->queue, ss->queue + 1, (size_t)(ss->nqueue - 1) * sizeof *q);
+        ss->nqueue--;
+        if (ws_mono_ms() >= deadline) break;
+    }
+    return 0;
+}
+
+/* ---- start-up -------------------------------------------------------------------- */
+static int cmp_queued(const void *a, const void *b) {
+    return strcmp(((const queued *)a)->name, ((const queued *)b)->name);
+}
+
+/* Reads the header (segment) or footer (snapshot) of a queued file. */
+static int describe_queued(const char *path, const char *name, queued *q) {
+    memset(q, 0, sizeof q[0]);
+    ws_strlcpy(q->name, name, sizeof q->name);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    struct stat st;
+    int rc = -1;
+    if (fstat(fd, &st) != 0) goto out;
+    q->bytes = (uint64_t)st.st_size;
+    size_t len = strlen(name);
+    if (len > 5 && strcmp(name + len - 5, ".snap") == 0) {
+        uint8_t f[SNAP_FOOTER_SIZE];
+        snap_footer sf;
+        if (st.st_size < SNAP_FOOTER_SIZE ||
+            ws_pread_full(fd, f, sizeof f, st.st_size - SNAP_FOOTER_SIZE) != (ssize_t)sizeof f ||
+            snap_parse_footer(f, sizeof f, (uint64_t)st.st_size, &sf, NULL) != 0)
+            goto out;
+        q->is_snapshot = 1;
+        q->generation = sf.generation;
+        q->first_txid = q->last_txid = sf.txid;
+        q->last_commit_ms = sf.commit_ms;
+        q->resume.seq = sf.resume.log_seq;
+        q->resume.off = sf.resume.log_off;
+        q->wal_salt1 = sf.resume.salt1;
+        q->wal_salt2 = sf.resume.salt2;
+        q->wal_frame = sf.resume.frame;
+        rc = 0;
+    } else if (len > 4 && strcmp(name + len - 4, ".seg") == 0) {
+        void *m = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (m == MAP_FAILED) goto out;
+        seg_header h;
+        if (seg_parse(m, (size_t)st.st_size, &h, NULL) == 0) {
+            q->generation = h.generation;
+            q->first_txid = h.first_txid;
+            q->last_txid = h.last_txid;
+            q->last_commit_ms = h.last_commit_ms;
+            q->resume.seq = h.resume.log_seq;
+            q->resume.off = h.resume.log_off;
+            q->wal_salt1 = h.resume.salt1;
+            q->wal_salt2 = h.resume.salt2;
+            q->wal_frame = h.resume.frame;
+            rc = 0;
+        }
+        munmap(m, (size_t)st.st_size);
+    }
+out:
+    close(fd);
+    return rc;
+}
+
+static int load_queue(shipper *sh, wserr *err) {
+    ship_state *ss = &sh->ss;
+    char dir[PATH_MAX];
+    if (queue_dir(sh, dir, sizeof dir)) return wserr_set(err, WALSHIP_ERR_INVALID, "path too long");
+    DIR *d = opendir(dir);
+    if (d == NULL) return 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.') continue;
+        char path[PATH_MAX];
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        queued q;
+        if (describe_queued(path, e->d_name, &q) != 0) {
+            WS_WARN("queue_discard", "path=%s reason=\"unreadable\"", path);
+            unlink(path);
+            continue;
+        }
+        if (queue_push(ss, &q)) {
+            closedir(d);
+            return wserr_set(err, WALSHIP_ERR_NOMEM, "out of memory");
+        }
+    }
+    closedir(d);
+    qsort(ss->queue, (size_t)ss->nqueue, sizeof *ss->queue, cmp_queued);
+    return 0;
+}
+
+/* Re-applies queued segments newer than the durable record to the page
+** hashes (see shipstate.h). Returns 0 when the state is consistent. */
+static int redo_queue(shipper *sh, wserr *err) {
+    ship_state *ss = &sh->ss;
+    char dir[PATH_MAX];
+    queue_dir(sh, dir, sizeof dir);
+    for (int i = 0; i < ss->nqueue; i++) {
+        queued *q = &ss->queue[i];
+        if (q->generation != ss->gen || q->last_txid <= ss->next_txid - 1) continue;
+        if (q->is_snapshot || q->first_txid != ss->next_txid)
+            return wserr_set(err, WALSHIP_ERR_CORRUPT, "queued object %s does not follow", q->name);
+        char path[PATH_MAX];
+        snprintf(path, sizeof path, "%s/%s", dir, q->name);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) return wserr_errno(err, WALSHIP_ERR_IO, errno, "open %s", path);
+        void *m = mmap(NULL, (size_t)q->bytes, PROT_READ, MAP_PRIVATE, fd, 0);
+        close(fd);
+        if (m == MAP_FAILED) return wserr_errno(err, WALSHIP_ERR_IO, errno, "map %s", path);
+        seg_iter *it = NULL;
+        int rc = seg_iter_open(m, (size_t)q->bytes, &it, err);
+        uint32_t maxp = 0, before = ss->db_pages;
+        while (rc == 0) {
+            seg_event ev;
+            rc = seg_iter_next(it, &ev, err);
+            if (rc || ev.type == SEG_EV_END) break;
+            if (ev.type == SEG_EV_BEGIN) {
+                maxp = 0;
+                before = ss->db_pages;
+            } else if (ev.type == SEG_EV_PAGE) {
+                shipstate_set(&ss->hs, ev.pgno, ws_page_hash(ev.pgno, ev.page, ss->page_size));
+                if (ev.pgno > maxp) maxp = ev.pgno;
+            } else if (ev.type == SEG_EV_COMMIT) {
+                uint32_t hi = before > maxp ? before : maxp;
+                for (uint32_t p = ev.db_pages + 1; p <= hi; p++) shipstate_set(&ss->hs, p, 0);
+                for (uint32_t p = before + 1; p <= ev.db_pages; p++)
+                    if (shipstate_get(&ss->hs, p) == 0)
+                        shipstate_set(&ss->hs, p, ws_zero_page_hash(p, ss->page_size));
+                ss->db_pages = ev.db_pages;
+                ss->chk = ev.post_chk;
+                ss->next_txid = ev.txid + 1;
+            }
+        }
+        if (rc == 0) {
+            const seg_header *h = seg_iter_header(it);
+            ss->cur.salt1 = h->resume.salt1;
+            ss->cur.salt2 = h->resume.salt2;
+            ss->cur.frame = h->resume.frame;
+            ss->cur.ck1 = h->resume.ck1;
+            ss->cur.ck2 = h->resume.ck2;
+            ss->cur.flags = h->resume.flags;
+            ss->resume.seq = h->resume.log_seq;
+            ss->resume.off = h->resume.log_off;
+        }
+        seg_iter_free(it);
+        munmap(m, (size_t)q->bytes);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+static void cleanup_tmp_files(shipper *sh) {
+    static const char *const names[] = {"seg.tmp", "snap.tmp", "overlay.tmp"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        char path[PATH_MAX];
+        if (spool_file(sh, names[i], path, sizeof path) == 0) unlink(path);
+    }
+}
+
+static int start_up(shipper *sh, wserr *err) {
+    ship_state *ss = &sh->ss;
+    int rc;
+    if (ss->st == NULL && (rc = store_open(sh->cfg.url, &ss->st, err))) return rc;
+    cleanup_tmp_files(sh);
+    ship_record rec;
+    int have = 0;
+    memset(&rec, 0, sizeof rec);
+    if ((rc = shipstate_open(&ss->hs, spool_path(sh->sp), &rec, &have, err))) return rc;
+    if ((rc = load_queue(sh, err))) return rc;
+    ss->rec = rec;
+    ss->shipped_txid = rec.shipped_txid;
+    if (!have || rec.generation == 0) return snapjob_start(sh, 1, err);
+
+    ss->gen = rec.generation;
+    ss->next_txid = rec.txid + 1;
+    ss->page_size = rec.page_size;
+    ss->db_pages = rec.db_pages;
+    ss->chk = rec.chk;
+    ss->cur = rec.pos;
+    ss->big_endian = (rec.pos.flags & WS_WALPOS_BIGEND) != 0;
+    ss->resume.seq = rec.pos.log_seq;
+    ss->resume.off = rec.pos.log_off;
+    wserr e2 = {0};
+    if (redo_queue(sh, &e2) != 0) {
+        WS_WARN("state_redo_failed", "db=%s err=\"%s\"", sh->db_path, e2.msg);
+        return break_continuity(sh, "local state could not be recovered", err);
+    }
+    if (shipstate_xor(&ss->hs, ss->db_pages) != ss->chk)
+        return break_continuity(sh, "local page hashes do not match the shipped checksum", err);
+    ss->cur.log_seq = ss->resume.seq;
+    ss->cur.log_off = ss->resume.off;
+    ss->cur_known = ss->cur.salt1 != 0 || ss->cur.salt2 != 0 || (ss->cur.flags & WS_WALPOS_ENDED);
+    if (!ss->cur_known) return break_continuity(sh, "no WAL position in the local state", err);
+
+    /* The spool must still hold everything from the resume position on. */
+    spool_pos begin, end;
+    if ((rc = spool_begin(sh->sp, &begin, err))) return rc;
+    spool_end(sh->sp, &end);
+    if (spool_pos_cmp(ss->resume, begin) < 0 || spool_pos_cmp(ss->resume, end) > 0)
+        return break_continuity(sh, "the spool lost records since the last shipped position", err);
+    /* Is this generation still in the store (a wiped bucket, a changed URL)? */
+    if (rec.last_snapshot_txid) {
+        int in_queue = 0;
+        for (int i = 0; i < ss->nqueue; i++)
+            if (ss->queue[i].is_snapshot && ss->queue[i].generation == ss->gen) in_queue = 1;
+        if (!in_queue) {
+            char key[256];
+            store_obj o;
+            snap_key(key, sizeof key, ss->gen, rec.last_snapshot_txid);
+            rc = store_head(ss->st, key, &o, err);
+            if (rc == WALSHIP_ERR_NOTFOUND) {
+                wserr_clear(err);
+                return break_continuity(sh, "the store no longer holds this generation", err);
+            }
+            if (rc) return rc;
+        }
+    }
+    ss->uploaded = ss->nqueue ? ss->queue[0].resume : ss->resume;
+    return 0;
+}
+
+/* ---- status -------------------------------------------------------------------- */
+static void publish_status(shipper *sh) {
+    ship_state *ss = &sh->ss;
+    spool_status st;
+    memset(&st, 0, sizeof st);
+    st.heartbeat_ms = ws_now_ms();
+    st.pid = (int32_t)getpid();
+    st.generation = ss->gen;
+    st.txid = ss->next_txid ? ss->next_txid - 1 : 0;
+    st.shipped_txid = ss->shipped_txid;
+    st.queue_bytes = ss->queue_bytes;
+    /* Everything before `uploaded` is in the store; when nothing is
+    ** waiting locally that is the consumption position itself. */
+    int local_pending = ss->nqueue > 0 || ss->segw != NULL || ss->tx_open ||
+                        (ss->snap && snapjob_active(ss->snap));
+    if (!local_pending && ss->cur_known) ss->uploaded = ss->resume;
+    st.uploaded = ss->uploaded;
+    if (ss->nqueue > 0)
+        st.oldest_unshipped_ms = ss->queue[0].last_commit_ms;
+    else if (ss->segw)
+        st.oldest_unshipped_ms = ss->seg_first_commit_ms;
+    pthread_mutex_lock(&sh->mu);
+    ws_strlcpy(st.last_error, sh->vfs_error, sizeof st.last_error);
+    pthread_mutex_unlock(&sh->mu);
+    spool_status_set(sh->sp, &st);
+}
+
+static int64_t fail_backoff(shipper *sh, const wserr *err) {
+    ship_state *ss = &sh->ss;
+    ss->backoff_ms = ss->backoff_ms ? ss->backoff_ms * 2 : 500;
+    if (ss->backoff_ms > BACKOFF_MAX_MS) ss->backoff_ms = BACKOFF_MAX_MS;
+    set_error(sh, err->msg);
+    WS_WARN("ship_failed", "db=%s err=\"%s\" retry_ms=%" PRId64, sh->db_path, err->msg,
+            ss->backoff_ms);
+    return ws_mono_ms() + ss->backoff_ms;
+}
+
+/* A periodic snapshot is due after snapshot_interval, or once the pages
+** shipped since the last one add up to the database size (16 MiB at
+** least), so restores never replay much more than a database's worth. */
+static int snapshot_due(shipper *sh) {
+    ship_state *ss = &sh->ss;
+    if (ss->gen == 0 || ss->rec.last_snapshot_ms == 0) return 0;
+    if (ws_now_ms() - ss->rec.last_snapshot_ms >= sh->cfg.snapshot_interval_ms) return 1;
+    uint64_t db_bytes = (uint64_t)ss->db_pages * ss->page_size;
+    uint64_t floor = (uint64_t)16 << 20;
+    return ss->rec.bytes_since_snapshot >= (db_bytes > floor ? db_bytes : floor);
+}
+
+/* ---- the step ------------------------------------------------------------------- */
+int64_t ship_step(shipper *sh) {
+    ship_state *ss = &sh->ss;
+    int64_t now = ws_mono_ms();
+    wserr err = {0};
+    if (ss->phase == PH_UNELECTED) {
+        int r = spool_try_elect(sh->sp, &err);
+        if (r <= 0) {
+            if (r < 0) set_error(sh, err.msg);
+            return now + ELECT_RETRY_MS;
+        }
+        sh->elected = 1;
+        ss->phase = PH_INIT;
+        WS_INFO("elected", "db=%s pid=%d", sh->db_path, (int)getpid());
+    }
+    if (ss->phase == PH_INIT) {
+        if (start_up(sh, &err) != 0) {
+            reset_volatile(sh);
+            return fail_backoff(sh, &err);
+        }
+        ss->phase = PH_RUN;
+        ss->next_retention_mono = now + 5000;
+    }
+
+    int64_t deadline = now + STEP_MAX_MS;
+    int rc = 0;
+    if (!ss->cur_known && ss->snap == NULL) rc = snapjob_start(sh, 1, &err);
+    if (rc == 0 && ss->snap == NULL && ss->cur_known && snapshot_due(sh))
+        rc = snapjob_start(sh, 0, &err);
+    if (rc == 0) rc = consume(sh, deadline, &err);
+    if (rc == 0 && ss->snap) rc = snapjob_step(sh, &err);
+    if (rc == 0 && segment_due(sh)) {
+        ss->flush_seen = spool_flush_requests(sh->sp);
+        rc = close_segment(sh, &err);
+    }
+    if (rc != 0) {
+        /* Local failure (disk, memory, a corrupt spool): drop what is not
+        ** durable and start again from the state file. */
+        WS_ERROR("ship_reset", "db=%s err=\"%s\"", sh->db_path, err.msg);
+        reset_volatile(sh);
+        ss->phase = PH_INIT;
+        int64_t next = fail_backoff(sh, &err);
+        publish_status(sh);
+        return next;
+    }
+    if (ss->segw == NULL && !ss->tx_open) ss->flush_seen = spool_flush_requests(sh->sp);
+
+    int64_t next = ws_mono_ms() + IDLE_POLL_MS;
+    if (ss->nqueue > 0 && ws_mono_ms() >= ss->retry_at_ms) {
+        wserr uerr = {0};
+        if (upload_queue(sh, ws_mono_ms() + 5000, &uerr) != 0) {
+            ss->retry_at_ms = fail_backoff(sh, &uerr);
+        } else {
+            ss->backoff_ms = 0;
+            clear_error(sh);
+            if (ss->nqueue == 0 && ss->segw == NULL) ship_save_state(sh, &err);
+        }
+    }
+    if (ws_mono_ms() >= ss->next_retention_mono && ss->nqueue == 0) {
+        wserr rerr = {0};
+        if (retention_run(sh, &rerr) != 0)
+            WS_WARN("retention_failed", "db=%s err=\"%s\"", sh->db_path, rerr.msg);
+        ss->next_retention_mono = ws_mono_ms() + RETENTION_EVERY_MS;
+    }
+    /* Records before the durable resume position are never read again. */
+    spool_trim(sh->sp, (spool_pos){ss->rec.pos.log_seq, ss->rec.pos.log_off});
+    publish_status(sh);
+
+    /* When to come back. */
+    if (ss->segw && !ss->tx_open) {
+        int64_t due = ss->seg_opened_mono + sh->cfg.ship_interval_ms;
+        if (due < next) next = due;
+    }
+    if (ss->snap && snapjob_active(ss->snap)) next = ws_mono_ms();
+    if (ss->nqueue > 0) next = ss->retry_at_ms > ws_mono_ms() ? ss->retry_at_ms : ws_mono_ms();
+    spool_pos end;
+    spool_end(sh->sp, &end);
+    if (spool_pos_cmp((spool_pos){ss->cur.log_seq, ss->cur.log_off}, end) < 0 && ss->cur_known)
+        next = ws_mono_ms();
+    return next;
+}
+
+int ship_idle(shipper *sh) {
+    ship_state *ss = &sh->ss;
+    if (!sh->elected) return 1;
+    if (ss->phase != PH_RUN) return 0;
+    spool_pos end;
+    spool_end(sh->sp, &end);
+    return ss->nqueue == 0 && ss->segw == NULL && !ss->tx_open && ss->snap == NULL &&
+           spool_pos_cmp((spool_pos){ss->cur.log_seq, ss->cur.log_off}, end) >= 0;
+}

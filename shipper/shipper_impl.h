@@ -1,0 +1,156 @@
+/*
+** shipper_impl.h -- the inside of a shipper, shared by the files of shipper/.
+**
+** Lock order (outer first): pool.mu (registry.c) -> shipper.mu. A step runs
+** with neither held; the fields under "step state" belong to the one worker
+** running the step (the pool never runs two steps of one shipper at once).
+*/
+#ifndef WS_SHIPPER_IMPL_H
+#define WS_SHIPPER_IMPL_H
+
+#include <pthread.h>
+#include <sqlite3.h> /* types only: the shipper never calls into SQLite */
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "../format/objfmt.h"
+#include "../format/wal.h"
+#include "../store/store.h"
+#include "shipper.h"
+#include "shipstate.h"
+
+typedef struct snapjob snapjob;
+
+/* Commit times learned from watermarks of the current WAL, waiting for
+** their frames to be consumed. */
+typedef struct wm_time {
+    uint32_t mx;
+    int64_t time_ms;
+} wm_time;
+#define WM_TIMES_MAX 64
+
+/* A closed object waiting in <spool>/queue for upload. */
+typedef struct queued {
+    char name[96];   /* file name in queue/ */
+    int is_snapshot;
+    uint64_t generation;
+    uint64_t first_txid, last_txid;
+    int64_t last_commit_ms;
+    spool_pos resume;          /* records before this are covered */
+    uint32_t wal_salt1, wal_salt2, wal_frame; /* WAL position covered */
+    uint64_t bytes;
+} queued;
+
+typedef struct ship_state {
+    int phase;                 /* PH_* in ship.c */
+    int64_t retry_at_ms;       /* monotonic; back-off after errors */
+    int64_t backoff_ms;
+    store *st;
+    shipstate hs;              /* page hashes + durable record */
+    ship_record rec;           /* the durable record as of the last close */
+
+    /* live position: everything consumed so far */
+    uint64_t gen;
+    uint64_t next_txid;
+    uint32_t page_size;
+    uint32_t db_pages;
+    uint64_t chk;
+    int cur_known;             /* a WAL position is established */
+    ws_walpos cur;             /* frame = last consumed; log pos = next record */
+    int big_endian;
+    uint32_t pending_mx;       /* highest committed frame of cur known */
+    wm_time wm[WM_TIMES_MAX];
+    int nwm;
+    int64_t last_time_ms;
+    spool_pos resume;          /* first record not fully applied */
+    wsbuf recbuf;
+    int wal_fd;
+    dev_t wal_dev;
+    ino_t wal_ino;
+
+    /* the transaction being consumed */
+    int tx_open;
+    uint64_t tx_txid;
+    uint32_t tx_npages;
+    uint32_t tx_max_pgno;
+    uint32_t tx_db_before;
+
+    /* the segment being built */
+    seg_writer *segw;
+    int seg_fd;
+    uint64_t seg_first_txid;
+    int64_t seg_opened_mono;
+    int64_t seg_first_commit_ms;
+
+    /* closed objects awaiting upload, oldest first */
+    queued *queue;
+    int nqueue, queue_cap;
+    uint64_t queue_bytes;
+    uint64_t shipped_txid;
+    spool_pos uploaded;
+
+    snapjob *snap;
+    int64_t next_retention_mono;
+    uint32_t flush_seen;
+    uint8_t *framebuf;         /* scratch for WAL reads */
+    size_t framebuf_cap;
+} ship_state;
+
+struct shipper {
+    /* registry (pool.mu) */
+    shipper *next;
+    char *db_path;
+    int refs;
+    int running;
+    int64_t due_mono;
+    int elected;
+    /* immutable after attach */
+    ws_config cfg;
+    spool *sp;
+    char *wal_path;
+    /* cross-thread (mu) */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;         /* broadcast after every step (flush waiters) */
+    walidx_hdr final_hdr;
+    int have_final;
+    char vfs_error[256];
+    atomic_int nudged;
+    /* step state */
+    ship_state ss;
+};
+
+/* ship.c */
+void ship_state_init(ship_state *ss);
+void ship_state_free(ship_state *ss);
+/* Runs one bounded step; returns the monotonic time it wants to run again. */
+int64_t ship_step(shipper *sh);
+/* Nonzero if nothing recorded is waiting to be shipped. */
+int ship_idle(shipper *sh);
+
+/* snapjob.c */
+int snapjob_start(shipper *sh, int genstart, wserr *err);
+/* Advances the job by a bounded amount of work. Returns 0, or an error (the
+** job is then abandoned). */
+int snapjob_step(shipper *sh, wserr *err);
+/* Consumption feeds every frame it consumes while a job is active. */
+int snapjob_feed(snapjob *j, uint32_t pgno, const uint8_t *page, uint32_t commit_size);
+int snapjob_active(const snapjob *j);
+int snapjob_is_genstart(const snapjob *j);
+void snapjob_free(snapjob *j);
+
+/* ship.c helpers used by snapjob.c */
+int ship_read_wal_frames(shipper *sh, uint32_t upto, wserr *err);
+/* Makes the live position durable (state file) and publishes it to the VFS. */
+int ship_save_state(shipper *sh, wserr *err);
+/* Closes the open segment (if any) into the queue; fails inside a transaction. */
+int ship_close_segment_if_open(shipper *sh, wserr *err);
+int ship_enqueue(shipper *sh, const char *tmp_path, const queued *q, wserr *err);
+int ship_open_base_file(shipper *sh, sqlite3_file **out, wserr *err);
+void ship_close_base_file(sqlite3_file *f);
+int ship_read_shm_header(shipper *sh, walidx_hdr *out);
+uint64_t ship_new_generation_id(void);
+
+/* retention.c */
+int retention_run(shipper *sh, wserr *err);
+
+#endif

@@ -1,0 +1,71 @@
+/*
+** shipstate.h -- the shipper's durable local state: where it stands, and the
+** hash of every database page (the rolling checksum's terms).
+**
+** One file, <spool>/state:
+**   slot A (256 bytes at 0), slot B (256 bytes at 256)
+**                     the state record, written alternately with a rising
+**                     sequence number and an XXH3; the valid slot with the
+**                     higher sequence wins, so a torn write loses at most
+**                     the newest record, never both
+**   page hashes       u64 little-endian per page from offset 512
+**                     (entry p-1 for page p)
+** Hash entries are written and synced before the slot that vouches for
+** them. After a crash, entries may be ahead of the winning slot (written
+** for a segment whose slot never landed); the shipper re-applies the
+** segments in its local queue that are newer than the slot (redo), which
+** sets every such entry again, then checks XOR(entries) against the
+** checksum. Any mismatch starts a new generation.
+*/
+#ifndef WS_SHIPSTATE_H
+#define WS_SHIPSTATE_H
+
+#include <stdint.h>
+
+#include "../common/err.h"
+#include "../format/objfmt.h"
+
+typedef struct ship_record {
+    uint64_t generation;       /* 0: no generation yet */
+    uint64_t txid;             /* last transaction consumed into a closed object */
+    uint32_t page_size;
+    uint32_t db_pages;
+    uint64_t chk;              /* rolling checksum at txid */
+    ws_walpos pos;             /* where consumption resumes */
+    uint64_t shipped_txid;     /* last transaction known to be in the store */
+    uint64_t last_snapshot_txid;
+    int64_t last_snapshot_ms;  /* wall clock when it was taken */
+    uint64_t bytes_since_snapshot;
+    int64_t last_commit_ms;
+} ship_record;
+
+typedef struct shipstate {
+    int fd;
+    uint64_t seq;    /* sequence of the slot last written */
+    uint64_t *h;     /* page hashes, index p-1 */
+    uint32_t cap;    /* entries allocated */
+    uint32_t *dirty; /* pages changed since the last save */
+    uint32_t ndirty, dirty_cap;
+    int all_dirty;   /* rewrite every entry on the next save */
+} shipstate;
+
+/* Opens or creates the state file in dir. *have is set to 1 and *rec filled
+** when a valid record exists (hashes loaded for rec->db_pages pages). */
+int shipstate_open(shipstate *ss, const char *dir, ship_record *rec, int *have, wserr *err);
+void shipstate_close(shipstate *ss);
+
+/* Sets the hash of page p (1-based), growing the array; marks it dirty. */
+int shipstate_set(shipstate *ss, uint32_t p, uint64_t h);
+static inline uint64_t shipstate_get(const shipstate *ss, uint32_t p) {
+    return p >= 1 && p <= ss->cap ? ss->h[p - 1] : 0;
+}
+/* Replaces every hash (after a new snapshot): n entries from h. */
+int shipstate_replace(shipstate *ss, const uint64_t *h, uint32_t n);
+
+/* XOR of the hashes of pages 1..n. */
+uint64_t shipstate_xor(const shipstate *ss, uint32_t n);
+
+/* Writes dirty hashes, then the record into the next slot, and syncs. */
+int shipstate_save(shipstate *ss, const ship_record *rec, wserr *err);
+
+#endif

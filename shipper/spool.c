@@ -1,0 +1,648 @@
+/*
+** spool.c -- the spool directory, its shared control block and its log.
+** See spool.h for the protocol; docs/FORMAT.md for the bytes.
+*/
+#include "spool.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "../common/log.h"
+
+#define CTL_MAGIC 0x57534354u /* "WSCT" */
+#define CTL_VERSION 1u
+#define CTL_SIZE 4096
+#define ROTATE_BYTES ((uint64_t)4 << 20)
+
+/* The shared control block. Every field is an atomic so that concurrent
+** access from threads of one process is well defined; across processes the
+** same lock-free atomics work on the shared mapping. Two seqlocks give
+** readers consistent multi-field snapshots: log_lock (written by appenders,
+** serialised by SQLite's WAL write lock) and ship_lock (written by the one
+** elected shipper). */
+struct ctl_block {
+    uint32_t magic;
+    uint32_t version;
+    _Atomic uint32_t log_lock;
+    uint32_t pad0;
+    _Atomic uint64_t log_seq;
+    _Atomic uint64_t log_end;
+    _Atomic uint32_t cur_salt1, cur_salt2, cur_state, pad1;
+    _Atomic uint32_t wm_salt1, wm_salt2, wm_mx, pad2;
+    _Atomic uint32_t ship_lock;
+    _Atomic uint32_t shipped_salt1, shipped_salt2, shipped_frame;
+    _Atomic uint64_t shipped_check;
+    _Atomic uint32_t flush_req;
+    uint32_t pad3;
+    _Atomic int64_t st_heartbeat_ms;
+    _Atomic int32_t st_pid;
+    uint32_t pad4;
+    _Atomic uint64_t st_generation, st_txid, st_shipped_txid;
+    _Atomic int64_t st_oldest_ms;
+    _Atomic uint64_t st_up_seq, st_up_off, st_queue_bytes;
+    _Atomic uint64_t st_err[32];
+};
+_Static_assert(sizeof(struct ctl_block) <= CTL_SIZE, "ctl block fits its file");
+
+struct spool {
+    char *dir;
+    int ctl_fd;
+    struct ctl_block *ctl;
+    /* producer state: touched only under SQLite's WAL write lock */
+    int wr_fd;
+    uint64_t wr_seq;
+    /* consumer state: touched only by the shipper task */
+    int rd_fd;
+    uint64_t rd_seq;
+    /* election */
+    int lock_fd;
+};
+
+#define RLX memory_order_relaxed
+
+/* ---- seqlocks -------------------------------------------------------------- */
+static void seq_write_begin(_Atomic uint32_t *lk) {
+    uint32_t s = atomic_load_explicit(lk, RLX);
+    atomic_store_explicit(lk, s + 1, RLX);
+    atomic_thread_fence(memory_order_release);
+}
+static void seq_write_end(_Atomic uint32_t *lk) {
+    uint32_t s = atomic_load_explicit(lk, RLX);
+    atomic_store_explicit(lk, s + 1, memory_order_release);
+}
+static uint32_t seq_read_begin(_Atomic uint32_t *lk) {
+    uint32_t s;
+    while ((s = atomic_load_explicit(lk, memory_order_acquire)) & 1) {
+    }
+    return s;
+}
+static int seq_read_retry(_Atomic uint32_t *lk, uint32_t s) {
+    atomic_thread_fence(memory_order_acquire);
+    return atomic_load_explicit(lk, RLX) != s;
+}
+
+/* ---- paths ----------------------------------------------------------------- */
+static int log_path(const spool *sp, uint64_t seq, char *out, size_t n) {
+    return snprintf(out, n, "%s/log-%016" PRIx64, sp->dir, seq) >= (int)n ? -1 : 0;
+}
+
+static int open_log(const spool *sp, uint64_t seq, int flags, wserr *err) {
+    char path[PATH_MAX];
+    if (log_path(sp, seq, path, sizeof path))
+        return -wserr_set(err, WALSHIP_ERR_INVALID, "spool path too long");
+    int fd = open(path, flags | O_CLOEXEC, 0644);
+    if (fd < 0) return -wserr_errno(err, wserr_from_errno(errno), errno, "open spool log %s", path);
+    return fd;
+}
+
+/* Creates log file seq (truncating any leftover of a crashed rotation) with
+** its header, durably. Returns the fd or a negative walship_err. */
+static int create_log(spool *sp, uint64_t seq, wserr *err) {
+    int fd = open_log(sp, seq, O_RDWR | O_CREAT | O_TRUNC, err);
+    if (fd < 0) return fd;
+    uint8_t hdr[SPOOL_FILE_HDR_SIZE];
+    spool_file_hdr_encode(hdr);
+    if (ws_pwrite_all(fd, hdr, sizeof hdr, 0) != 0 || fdatasync(fd) != 0) {
+        int e = errno;
+        close(fd);
+        return -wserr_errno(err, wserr_from_errno(e), e, "write spool log header in %s", sp->dir);
+    }
+    int rc = ws_fsync_dir_of(sp->dir, err);
+    if (rc) {
+        close(fd);
+        return -rc;
+    }
+    return fd;
+}
+
+/* Lists log sequence numbers present, sorted ascending (caller frees). */
+static int list_logs(const spool *sp, uint64_t **out, size_t *nout, wserr *err) {
+    *out = NULL;
+    *nout = 0;
+    DIR *d = opendir(sp->dir);
+    if (d == NULL) return wserr_errno(err, wserr_from_errno(errno), errno, "open %s", sp->dir);
+    uint64_t *v = NULL;
+    size_t n = 0, cap = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (strncmp(e->d_name, "log-", 4) != 0 || strlen(e->d_name) != 20) continue;
+        char *end;
+        uint64_t seq = strtoull(e->d_name + 4, &end, 16);
+        if (*end != '\0') continue;
+        if (n == cap) {
+            cap = cap ? cap * 2 : 16;
+            uint64_t *nv = realloc(v, cap * sizeof *nv);
+            if (nv == NULL) {
+                free(v);
+                closedir(d);
+                return wserr_set(err, WALSHIP_ERR_NOMEM, "out of memory");
+            }
+            v = nv;
+        }
+        v[n++] = seq;
+    }
+    closedir(d);
+    for (size_t i = 1; i < n; i++) /* insertion sort: a handful of files */
+        for (size_t j = i; j > 0 && v[j - 1] > v[j]; j--) {
+            uint64_t t = v[j];
+            v[j] = v[j - 1];
+            v[j - 1] = t;
+        }
+    *out = v;
+    *nout = n;
+    return 0;
+}
+
+/* Reads the record at off of fd into buf; returns its size, 0 at a clean end
+** of file (or a torn/invalid record: the caller decides), -1 on I/O error. */
+static long read_rec_at(int fd, uint64_t off, uint64_t limit, wsbuf *buf, spool_rec *rec) {
+    if (off + SPOOL_REC_HDR_SIZE > limit) return 0;
+    uint8_t hdr[SPOOL_REC_HDR_SIZE];
+    ssize_t r = ws_pread_full(fd, hdr, sizeof hdr, (off_t)off);
+    if (r < 0) return -1;
+    if ((size_t)r < sizeof hdr) return 0;
+    size_t total = spool_rec_peek_size(hdr);
+    if (total == 0 || off + total > limit) return 0;
+    buf->len = 0;
+    if (wsbuf_reserve(buf, total)) return -1;
+    r = ws_pread_full(fd, buf->p, total, (off_t)off);
+    if (r < 0) return -1;
+    if ((size_t)r < total) return 0;
+    buf->len = total;
+    long got = spool_rec_decode(buf->p, total, rec);
+    return got > 0 ? got : 0;
+}
+
+static void walinfo_apply(spool_walinfo *wi, const spool_rec *r) {
+    switch (r->type) {
+    case SPOOL_REC_WATERMARK:
+        wi->wm_salt1 = r->salt1;
+        wi->wm_salt2 = r->salt2;
+        wi->wm_mx = r->mx_frame;
+        break;
+    case SPOOL_REC_WAL_BEGIN:
+        wi->cur_salt1 = r->salt1;
+        wi->cur_salt2 = r->salt2;
+        wi->cur_state = SPOOL_WAL_OPEN;
+        break;
+    case SPOOL_REC_WAL_END:
+        wi->cur_salt1 = r->salt1;
+        wi->cur_salt2 = r->salt2;
+        wi->cur_state = SPOOL_WAL_ENDED;
+        break;
+    default:
+        break;
+    }
+}
+
+static uint64_t shipped_check(uint32_t a, uint32_t b, uint32_t c) {
+    uint8_t buf[12];
+    ws_put_be32(buf, a);
+    ws_put_be32(buf + 4, b);
+    ws_put_be32(buf + 8, c);
+    return ws_hash64(buf, sizeof buf) | 1; /* never 0: 0 means "unset" */
+}
+
+/* Rebuilds the ctl block from the log files. Runs only while this process
+** holds the exclusive ctl lock, so nobody else reads or appends. */
+static int rebuild_ctl(spool *sp, wserr *err) {
+    struct ctl_block *c = sp->ctl;
+    int keep_shipped = c->magic == CTL_MAGIC && c->version == CTL_VERSION &&
+                       atomic_load(&c->shipped_check) ==
+                           shipped_check(atomic_load(&c->shipped_salt1),
+                                         atomic_load(&c->shipped_salt2),
+                                         atomic_load(&c->shipped_frame));
+    uint32_t s1 = keep_shipped ? atomic_load(&c->shipped_salt1) : 0;
+    uint32_t s2 = keep_shipped ? atomic_load(&c->shipped_salt2) : 0;
+    uint32_t sf = keep_shipped ? atomic_load(&c->shipped_frame) : 0;
+    memset((void *)c, 0, sizeof *c);
+
+    uint64_t *seqs = NULL;
+    size_t n = 0;
+    int rc = list_logs(sp, &seqs, &n, err);
+    if (rc) return rc;
+    spool_walinfo wi = {0};
+    uint64_t last_seq = 0, last_end = 0;
+    wsbuf buf = {0};
+    for (size_t i = 0; i < n; i++) {
+        int fd = open_log(sp, seqs[i], O_RDWR, err);
+        if (fd < 0) {
+            rc = -fd;
+            goto out;
+        }
+        struct stat st;
+        uint8_t fh[SPOOL_FILE_HDR_SIZE];
+        uint64_t end = SPOOL_FILE_HDR_SIZE;
+        if (fstat(fd, &st) != 0 || ws_pread_full(fd, fh, sizeof fh, 0) != (ssize_t)sizeof fh ||
+            spool_file_hdr_check(fh, sizeof fh) != 0) {
+            /* A file whose header never made it to disk holds nothing. */
+            if (i + 1 < n) {
+                close(fd);
+                continue;
+            }
+            spool_file_hdr_encode(fh);
+            if (ws_pwrite_all(fd, fh, sizeof fh, 0) != 0 || ftruncate(fd, sizeof fh) != 0) {
+                rc = wserr_errno(err, wserr_from_errno(errno), errno, "repair spool log in %s",
+                                 sp->dir);
+                close(fd);
+                goto out;
+            }
+        } else {
+            spool_rec rec;
+            long got;
+            while ((got = read_rec_at(fd, end, (uint64_t)st.st_size, &buf, &rec)) > 0) {
+                walinfo_apply(&wi, &rec);
+                end += (uint64_t)got;
+            }
+            if (got < 0) {
+                rc = wserr_errno(err, WALSHIP_ERR_IO, errno, "read spool log in %s", sp->dir);
+                close(fd);
+                goto out;
+            }
+            if ((uint64_t)st.st_size != end && i + 1 == n && ftruncate(fd, (off_t)end) != 0) {
+                rc = wserr_errno(err, wserr_from_errno(errno), errno, "trim spool log in %s",
+                                 sp->dir);
+                close(fd);
+                goto out;
+            }
+            if ((uint64_t)st.st_size != end)
+                WS_WARN("spool_repair", "dir=%s seq=%" PRIu64 " kept=%" PRIu64 " size=%lld",
+                        sp->dir, seqs[i], end, (long long)st.st_size);
+        }
+        close(fd);
+        last_seq = seqs[i];
+        last_end = end;
+    }
+    if (last_seq == 0) {
+        int fd = create_log(sp, 1, err);
+        if (fd < 0) {
+            rc = -fd;
+            goto out;
+        }
+        close(fd);
+        last_seq = 1;
+        last_end = SPOOL_FILE_HDR_SIZE;
+    }
+    c->version = CTL_VERSION;
+    atomic_store(&c->log_seq, last_seq);
+    atomic_store(&c->log_end, last_end);
+    spool_walinfo_set(sp, &wi);
+    atomic_store(&c->shipped_salt1, s1);
+    atomic_store(&c->shipped_salt2, s2);
+    atomic_store(&c->shipped_frame, sf);
+    atomic_store(&c->shipped_check, shipped_check(s1, s2, sf));
+    atomic_thread_fence(memory_order_seq_cst);
+    c->magic = CTL_MAGIC;
+out:
+    wsbuf_free(&buf);
+    free(seqs);
+    return rc;
+}
+
+static int lock_ctl(int fd, short type, int wait) {
+    struct flock fl = {.l_type = type, .l_whence = SEEK_SET, .l_start = 0, .l_len = 1};
+    return fcntl(fd, wait ? F_OFD_SETLKW : F_OFD_SETLK, &fl);
+}
+
+int spool_open(const char *dir, spool **out, wserr *err) {
+    *out = NULL;
+    spool *sp = calloc(1, sizeof *sp);
+    if (sp == NULL) return wserr_set(err, WALSHIP_ERR_NOMEM, "out of memory");
+    sp->ctl_fd = sp->wr_fd = sp->rd_fd = sp->lock_fd = -1;
+    sp->dir = strdup(dir);
+    int rc = 0;
+    if (sp->dir == NULL) {
+        rc = wserr_set(err, WALSHIP_ERR_NOMEM, "out of memory");
+        goto fail;
+    }
+    rc = ws_mkdir_p(dir, 0755, err);
+    if (rc) goto fail;
+    char path[PATH_MAX];
+    if (snprintf(path, sizeof path, "%s/ctl", dir) >= (int)sizeof path) {
+        rc = wserr_set(err, WALSHIP_ERR_INVALID, "spool path too long: %s", dir);
+        goto fail;
+    }
+    sp->ctl_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (sp->ctl_fd < 0) {
+        rc = wserr_errno(err, wserr_from_errno(errno), errno, "open %s", path);
+        goto fail;
+    }
+    int first = lock_ctl(sp->ctl_fd, F_WRLCK, 0) == 0;
+    if (!first && lock_ctl(sp->ctl_fd, F_RDLCK, 1) != 0) {
+        rc = wserr_errno(err, WALSHIP_ERR_IO, errno, "lock %s", path);
+        goto fail;
+    }
+    struct stat st;
+    if (fstat(sp->ctl_fd, &st) != 0 ||
+        (st.st_size < CTL_SIZE && ftruncate(sp->ctl_fd, CTL_SIZE) != 0)) {
+        rc = wserr_errno(err, wserr_from_errno(errno), errno, "size %s", path);
+        goto fail;
+    }
+    void *m = mmap(NULL, CTL_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, sp->ctl_fd, 0);
+    if (m == MAP_FAILED) {
+        rc = wserr_errno(err, WALSHIP_ERR_IO, errno, "map %s", path);
+        goto fail;
+    }
+    sp->ctl = m;
+    if (first) {
+        rc = rebuild_ctl(sp, err);
+        if (rc) goto fail;
+        if (lock_ctl(sp->ctl_fd, F_RDLCK, 0) != 0) {
+            rc = wserr_errno(err, WALSHIP_ERR_IO, errno, "lock %s", path);
+            goto fail;
+        }
+    } else if (sp->ctl->magic != CTL_MAGIC || sp->ctl->version != CTL_VERSION) {
+        rc = wserr_set(err, WALSHIP_ERR_CORRUPT,
+                       "spool control file %s is not valid while in use by another process; "
+                       "is an incompatible walship version running?",
+                       path);
+        goto fail;
+    }
+    *out = sp;
+    return 0;
+fail:
+    spool_close(sp);
+    return rc;
+}
+
+void spool_close(spool *sp) {
+    if (sp == NULL) return;
+    if (sp->ctl) munmap((void *)sp->ctl, CTL_SIZE);
+    if (sp->ctl_fd >= 0) close(sp->ctl_fd);
+    if (sp->wr_fd >= 0) close(sp->wr_fd);
+    if (sp->rd_fd >= 0) close(sp->rd_fd);
+    if (sp->lock_fd >= 0) close(sp->lock_fd);
+    free(sp->dir);
+    free(sp);
+}
+
+const char *spool_path(const spool *sp) { return sp->dir; }
+
+/* ---- producer -------------------------------------------------------------- */
+static void publish_end(spool *sp, uint64_t seq, uint64_t end) {
+    seq_write_begin(&sp->ctl->log_lock);
+    atomic_store_explicit(&sp->ctl->log_seq, seq, RLX);
+    atomic_store_explicit(&sp->ctl->log_end, end, RLX);
+    seq_write_end(&sp->ctl->log_lock);
+}
+
+static int writer_fd(spool *sp, uint64_t seq, wserr *err) {
+    if (sp->wr_fd >= 0 && sp->wr_seq == seq) return 0;
+    int fd = open_log(sp, seq, O_RDWR, err);
+    if (fd < 0) return -fd;
+    if (sp->wr_fd >= 0) close(sp->wr_fd);
+    sp->wr_fd = fd;
+    sp->wr_seq = seq;
+    return 0;
+}
+
+static int rotate_locked(spool *sp, uint64_t seq, uint64_t end, wserr *err) {
+    int rc = writer_fd(sp, seq, err);
+    if (rc) return rc;
+    if (ftruncate(sp->wr_fd, (off_t)end) != 0)
+        return wserr_errno(err, wserr_from_errno(errno), errno, "trim spool log in %s", sp->dir);
+    int fd = create_log(sp, seq + 1, err);
+    if (fd < 0) return -fd;
+    close(sp->wr_fd);
+    sp->wr_fd = fd;
+    sp->wr_seq = seq + 1;
+    publish_end(sp, seq + 1, SPOOL_FILE_HDR_SIZE);
+    return 0;
+}
+
+int spool_rotate(spool *sp, wserr *err) {
+    uint64_t seq = atomic_load_explicit(&sp->ctl->log_seq, RLX);
+    uint64_t end = atomic_load_explicit(&sp->ctl->log_end, RLX);
+    if (end <= SPOOL_FILE_HDR_SIZE) return 0;
+    return rotate_locked(sp, seq, end, err);
+}
+
+int spool_append(spool *sp, const uint8_t *rec, size_t n, int sync, wserr *err) {
+    uint64_t seq = atomic_load_explicit(&sp->ctl->log_seq, RLX);
+    uint64_t end = atomic_load_explicit(&sp->ctl->log_end, RLX);
+    int rc;
+    if (end >= ROTATE_BYTES) {
+        rc = rotate_locked(sp, seq, end, err);
+        if (rc) return rc;
+        seq++;
+        end = SPOOL_FILE_HDR_SIZE;
+    }
+    rc = writer_fd(sp, seq, err);
+    if (rc) return rc;
+    if (ws_pwrite_all(sp->wr_fd, rec, n, (off_t)end) != 0)
+        return wserr_errno(err, wserr_from_errno(errno), errno, "append to spool log in %s",
+                           sp->dir);
+    if (sync && fdatasync(sp->wr_fd) != 0)
+        return wserr_errno(err, wserr_from_errno(errno), errno, "sync spool log in %s", sp->dir);
+    publish_end(sp, seq, end + n);
+    return 0;
+}
+
+void spool_walinfo_get(spool *sp, spool_walinfo *o) {
+    struct ctl_block *c = sp->ctl;
+    o->cur_salt1 = atomic_load_explicit(&c->cur_salt1, RLX);
+    o->cur_salt2 = atomic_load_explicit(&c->cur_salt2, RLX);
+    o->cur_state = atomic_load_explicit(&c->cur_state, RLX);
+    o->wm_salt1 = atomic_load_explicit(&c->wm_salt1, RLX);
+    o->wm_salt2 = atomic_load_explicit(&c->wm_salt2, RLX);
+    o->wm_mx = atomic_load_explicit(&c->wm_mx, RLX);
+}
+
+void spool_walinfo_set(spool *sp, const spool_walinfo *i) {
+    struct ctl_block *c = sp->ctl;
+    atomic_store_explicit(&c->cur_salt1, i->cur_salt1, RLX);
+    atomic_store_explicit(&c->cur_salt2, i->cur_salt2, RLX);
+    atomic_store_explicit(&c->cur_state, i->cur_state, RLX);
+    atomic_store_explicit(&c->wm_salt1, i->wm_salt1, RLX);
+    atomic_store_explicit(&c->wm_salt2, i->wm_salt2, RLX);
+    atomic_store_explicit(&c->wm_mx, i->wm_mx, RLX);
+}
+
+void spool_shipped_get(spool *sp, uint32_t *s1, uint32_t *s2, uint32_t *frame) {
+    struct ctl_block *c = sp->ctl;
+    uint32_t s;
+    do {
+        s = seq_read_begin(&c->ship_lock);
+        *s1 = atomic_load_explicit(&c->shipped_salt1, RLX);
+        *s2 = atomic_load_explicit(&c->shipped_salt2, RLX);
+        *frame = atomic_load_explicit(&c->shipped_frame, RLX);
+    } while (seq_read_retry(&c->ship_lock, s));
+}
+
+/* ---- consumer ---------------------------------------------------------------- */
+void spool_end(spool *sp, spool_pos *out) {
+    struct ctl_block *c = sp->ctl;
+    uint32_t s;
+    do {
+        s = seq_read_begin(&c->log_lock);
+        out->seq = atomic_load_explicit(&c->log_seq, RLX);
+        out->off = atomic_load_explicit(&c->log_end, RLX);
+    } while (seq_read_retry(&c->log_lock, s));
+}
+
+int spool_begin(spool *sp, spool_pos *out, wserr *err) {
+    uint64_t *seqs = NULL;
+    size_t n = 0;
+    int rc = list_logs(sp, &seqs, &n, err);
+    if (rc) return rc;
+    spool_pos end;
+    spool_end(sp, &end);
+    out->seq = n ? seqs[0] : end.seq;
+    out->off = SPOOL_FILE_HDR_SIZE;
+    free(seqs);
+    return 0;
+}
+
+static int reader_fd(spool *sp, uint64_t seq, wserr *err) {
+    if (sp->rd_fd >= 0 && sp->rd_seq == seq) return 0;
+    int fd = open_log(sp, seq, O_RDONLY, err);
+    if (fd < 0) return -fd;
+    if (sp->rd_fd >= 0) close(sp->rd_fd);
+    sp->rd_fd = fd;
+    sp->rd_seq = seq;
+    return 0;
+}
+
+int spool_read(spool *sp, spool_pos *pos, wsbuf *buf, spool_rec *rec, wserr *err) {
+    for (;;) {
+        spool_pos end;
+        spool_end(sp, &end);
+        if (spool_pos_cmp(*pos, end) >= 0) return 0;
+        uint64_t limit;
+        int rc = reader_fd(sp, pos->seq, err);
+        if (rc == WALSHIP_ERR_NOTFOUND && pos->seq < end.seq) {
+            /* A sequence number skipped by an interrupted rotation. */
+            wserr_clear(err);
+            pos->seq++;
+            pos->off = SPOOL_FILE_HDR_SIZE;
+            continue;
+        }
+        if (rc) return -rc;
+        if (pos->seq == end.seq) {
+            limit = end.off;
+        } else {
+            struct stat st;
+            if (fstat(sp->rd_fd, &st) != 0)
+                return -wserr_errno(err, WALSHIP_ERR_IO, errno, "stat spool log");
+            limit = (uint64_t)st.st_size;
+        }
+        if (pos->off >= limit) {
+            if (pos->seq == end.seq) return 0;
+            pos->seq++;
+            pos->off = SPOOL_FILE_HDR_SIZE;
+            continue;
+        }
+        long got = read_rec_at(sp->rd_fd, pos->off, limit, buf, rec);
+        if (got < 0) return -wserr_errno(err, WALSHIP_ERR_IO, errno, "read spool log");
+        if (got == 0)
+            return -wserr_set(err, WALSHIP_ERR_CORRUPT,
+                              "spool log %s/log-%016" PRIx64 " is corrupt at offset %" PRIu64,
+                              sp->dir, pos->seq, pos->off);
+        pos->off += (uint64_t)got;
+        return 1;
+    }
+}
+
+void spool_trim(spool *sp, spool_pos pos) {
+    uint64_t *seqs = NULL;
+    size_t n = 0;
+    if (list_logs(sp, &seqs, &n, NULL) != 0) return;
+    spool_pos end;
+    spool_end(sp, &end);
+    for (size_t i = 0; i < n; i++) {
+        if (seqs[i] >= pos.seq || seqs[i] >= end.seq) break;
+        char path[PATH_MAX];
+        if (log_path(sp, seqs[i], path, sizeof path) == 0 && unlink(path) != 0 && errno != ENOENT)
+            WS_WARN("spool_trim_failed", "path=%s errno=%d", path, errno);
+    }
+    free(seqs);
+}
+
+void spool_shipped_set(spool *sp, uint32_t s1, uint32_t s2, uint32_t frame) {
+    struct ctl_block *c = sp->ctl;
+    seq_write_begin(&c->ship_lock);
+    atomic_store_explicit(&c->shipped_salt1, s1, RLX);
+    atomic_store_explicit(&c->shipped_salt2, s2, RLX);
+    atomic_store_explicit(&c->shipped_frame, frame, RLX);
+    atomic_store_explicit(&c->shipped_check, shipped_check(s1, s2, frame), RLX);
+    seq_write_end(&c->ship_lock);
+}
+
+void spool_status_set(spool *sp, const spool_status *st) {
+    struct ctl_block *c = sp->ctl;
+    seq_write_begin(&c->ship_lock);
+    atomic_store_explicit(&c->st_heartbeat_ms, st->heartbeat_ms, RLX);
+    atomic_store_explicit(&c->st_pid, st->pid, RLX);
+    atomic_store_explicit(&c->st_generation, st->generation, RLX);
+    atomic_store_explicit(&c->st_txid, st->txid, RLX);
+    atomic_store_explicit(&c->st_shipped_txid, st->shipped_txid, RLX);
+    atomic_store_explicit(&c->st_oldest_ms, st->oldest_unshipped_ms, RLX);
+    atomic_store_explicit(&c->st_up_seq, st->uploaded.seq, RLX);
+    atomic_store_explicit(&c->st_up_off, st->uploaded.off, RLX);
+    atomic_store_explicit(&c->st_queue_bytes, st->queue_bytes, RLX);
+    for (int i = 0; i < 32; i++) {
+        uint64_t w;
+        memcpy(&w, st->last_error + i * 8, 8);
+        atomic_store_explicit(&c->st_err[i], w, RLX);
+    }
+    seq_write_end(&c->ship_lock);
+}
+
+void spool_status_get(spool *sp, spool_status *o) {
+    struct ctl_block *c = sp->ctl;
+    uint32_t s;
+    do {
+        s = seq_read_begin(&c->ship_lock);
+        o->heartbeat_ms = atomic_load_explicit(&c->st_heartbeat_ms, RLX);
+        o->pid = atomic_load_explicit(&c->st_pid, RLX);
+        o->generation = atomic_load_explicit(&c->st_generation, RLX);
+        o->txid = atomic_load_explicit(&c->st_txid, RLX);
+        o->shipped_txid = atomic_load_explicit(&c->st_shipped_txid, RLX);
+        o->oldest_unshipped_ms = atomic_load_explicit(&c->st_oldest_ms, RLX);
+        o->uploaded.seq = atomic_load_explicit(&c->st_up_seq, RLX);
+        o->uploaded.off = atomic_load_explicit(&c->st_up_off, RLX);
+        o->queue_bytes = atomic_load_explicit(&c->st_queue_bytes, RLX);
+        for (int i = 0; i < 32; i++) {
+            uint64_t w = atomic_load_explicit(&c->st_err[i], RLX);
+            memcpy(o->last_error + i * 8, &w, 8);
+        }
+    } while (seq_read_retry(&c->ship_lock, s));
+    o->last_error[sizeof o->last_error - 1] = '\0';
+}
+
+void spool_flush_request(spool *sp) { atomic_fetch_add(&sp->ctl->flush_req, 1); }
+
+uint32_t spool_flush_requests(spool *sp) { return atomic_load(&sp->ctl->flush_req); }
+
+int spool_try_elect(spool *sp, wserr *err) {
+    if (sp->lock_fd < 0) {
+        char path[PATH_MAX];
+        if (snprintf(path, sizeof path, "%s/lock", sp->dir) >= (int)sizeof path)
+            return -wserr_set(err, WALSHIP_ERR_INVALID, "spool path too long");
+        sp->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+        if (sp->lock_fd < 0)
+            return -wserr_errno(err, wserr_from_errno(errno), errno, "open %s", path);
+    }
+    if (flock(sp->lock_fd, LOCK_EX | LOCK_NB) == 0) return 1;
+    if (errno == EWOULDBLOCK) return 0;
+    return -wserr_errno(err, WALSHIP_ERR_IO, errno, "lock %s/lock", sp->dir);
+}
+
+void spool_unelect(spool *sp) {
+    if (sp->lock_fd >= 0) {
+        flock(sp->lock_fd, LOCK_UN);
+        close(sp->lock_fd);
+        sp->lock_fd = -1;
+    }
+}

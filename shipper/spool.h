@@ -1,0 +1,122 @@
+/*
+** spool.h -- the spool: the queue between the VFS (producer) and the shipper
+** (consumer) of one database, in a directory beside it (<db>-walship/).
+**
+** Files:
+**   ctl                 shared control block, mmap'd by every process using
+**                       the database (host byte order, never copied elsewhere)
+**   log-<16 hex seq>    append-only record files (format/spoolrec.h)
+**   lock                the shipper election lock (flock)
+**   (the shipper keeps its own files here too: state, pagehash, queue/)
+**
+** Concurrency. Records are appended only by a VFS connection that holds the
+** WAL write lock (shm slot 0) or the exclusive database lock, so appends from
+** every process are serialised by SQLite's own locks and need none of ours.
+** An appender writes the record at ctl->log_end with pwrite and then
+** publishes the new end under a seqlock; a reader never looks past a
+** published end, so it never sees a torn record. A process killed mid-append
+** leaves bytes past the end that the next append overwrites.
+**
+** The ctl block is rebuilt from the log files by the first process that opens
+** the spool (it holds an exclusive fcntl lock on byte 0 of ctl while doing so;
+** every user then holds a shared lock), exactly like SQLite's own -shm
+** "DMS" protocol: after a crash of every user or of the machine, no stale
+** shared state survives.
+*/
+#ifndef WS_SPOOL_H
+#define WS_SPOOL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../common/err.h"
+#include "../common/util.h"
+#include "../format/spoolrec.h"
+
+typedef struct spool spool;
+
+/* A position in the log: file sequence number and byte offset in it. */
+typedef struct spool_pos {
+    uint64_t seq;
+    uint64_t off;
+} spool_pos;
+
+static inline int spool_pos_cmp(spool_pos a, spool_pos b) {
+    if (a.seq != b.seq) return a.seq < b.seq ? -1 : 1;
+    return a.off < b.off ? -1 : a.off > b.off ? 1 : 0;
+}
+
+/* What the VFS last recorded about the WAL (read and written under the WAL
+** write lock or the exclusive database lock). */
+enum { SPOOL_WAL_UNKNOWN = 0, SPOOL_WAL_OPEN = 1, SPOOL_WAL_ENDED = 2 };
+typedef struct spool_walinfo {
+    uint32_t cur_salt1, cur_salt2; /* last WAL_BEGIN (or WAL_END) recorded */
+    uint32_t cur_state;            /* SPOOL_WAL_* */
+    uint32_t wm_salt1, wm_salt2;   /* last WATERMARK recorded */
+    uint32_t wm_mx;
+} spool_walinfo;
+
+/* The status the elected shipper publishes for `walship status`, PRAGMA
+** walship_status and walship_flush. */
+typedef struct spool_status {
+    int64_t heartbeat_ms;      /* wall clock of the shipper's last publish; 0 = none */
+    int32_t pid;               /* the shipper's process */
+    uint64_t generation;
+    uint64_t txid;             /* last transaction consumed */
+    uint64_t shipped_txid;     /* last transaction in the store */
+    int64_t oldest_unshipped_ms; /* commit time of the oldest transaction not yet stored; 0 = none */
+    spool_pos uploaded;        /* every record before this is in the store */
+    uint64_t queue_bytes;      /* closed segments waiting for upload */
+    char last_error[256];      /* "" when healthy */
+} spool_status;
+
+/* Opens (creating if needed) the spool directory dir for a database and maps
+** its ctl block, rebuilding it if this process is the first user. */
+int spool_open(const char *dir, spool **out, wserr *err);
+void spool_close(spool *sp);
+const char *spool_path(const spool *sp);
+
+/* ---- producer side (caller holds the WAL write lock or exclusive db lock) -- */
+
+/* Appends one encoded record. With sync != 0 the log file is fdatasync'ed
+** before returning (used before a WAL restart, truncate or delete). */
+int spool_append(spool *sp, const uint8_t *rec, size_t n, int sync, wserr *err);
+/* Starts a new log file, so what came before can be deleted once consumed. */
+int spool_rotate(spool *sp, wserr *err);
+void spool_walinfo_get(spool *sp, spool_walinfo *out);
+void spool_walinfo_set(spool *sp, const spool_walinfo *in);
+
+/* The shipper's durable position in the WAL, for materialisation: frames
+** after (salt1, salt2, frame) are not yet safe anywhere but the WAL. */
+void spool_shipped_get(spool *sp, uint32_t *salt1, uint32_t *salt2, uint32_t *frame);
+
+/* ---- consumer side ------------------------------------------------------ */
+
+/* The published end of the log (consistent seq/offset pair). */
+void spool_end(spool *sp, spool_pos *out);
+/* The first record position of the oldest log file present. */
+int spool_begin(spool *sp, spool_pos *out, wserr *err);
+
+/* Reads the record at *pos into buf and decodes it into rec, moving *pos past
+** it (and across file boundaries). Returns 1 for a record, 0 at the
+** published end, or a negative walship_err. A record that fails its checks
+** before the published end is corruption of the spool (WALSHIP_ERR_CORRUPT). */
+int spool_read(spool *sp, spool_pos *pos, wsbuf *buf, spool_rec *rec, wserr *err);
+
+/* Deletes log files that lie entirely before pos (never the current one). */
+void spool_trim(spool *sp, spool_pos pos);
+
+void spool_shipped_set(spool *sp, uint32_t salt1, uint32_t salt2, uint32_t frame);
+void spool_status_set(spool *sp, const spool_status *st);
+void spool_status_get(spool *sp, spool_status *out);
+
+/* walship_flush support: callers bump a counter the shipper watches. */
+void spool_flush_request(spool *sp);
+uint32_t spool_flush_requests(spool *sp);
+
+/* Election: try to become this database's shipper (non-blocking flock on
+** dir/lock). Returns 1 if this process now holds it, 0 if another does. */
+int spool_try_elect(spool *sp, wserr *err);
+void spool_unelect(spool *sp);
+
+#endif

@@ -1,0 +1,111 @@
+/*
+** status.c -- the status of a database's shipping as one JSON object, for
+** PRAGMA walship_status and `walship status`. Reads only the spool's shared
+** control block and a few file sizes, so it works in any process.
+*/
+#include <dirent.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "../common/util.h"
+#include "shipper.h"
+
+/* Appends s to out as a JSON string body (quotes added by the caller). */
+static void json_escape(char *out, size_t n, const char *s) {
+    size_t o = 0;
+    for (; *s && o + 7 < n; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') {
+            out[o++] = '\\';
+            out[o++] = (char)c;
+        } else if (c < 0x20) {
+            o += (size_t)snprintf(out + o, n - o, "\\u%04x", c);
+        } else {
+            out[o++] = (char)c;
+        }
+    }
+    out[o] = '\0';
+}
+
+/* Drops "user:password@" from any URL embedded in s. */
+static void redact_url(char *out, size_t n, const char *s) {
+    ws_strlcpy(out, s, n);
+    char *p = out;
+    while ((p = strstr(p, "://")) != NULL) {
+        char *start = p + 3;
+        char *end = start + strcspn(start, "/?&@");
+        if (*end == '@') memmove(start, end + 1, strlen(end + 1) + 1);
+        p = start;
+    }
+}
+
+static uint64_t dir_bytes(const char *dir, int depth) {
+    uint64_t total = 0;
+    DIR *d = opendir(dir);
+    if (d == NULL) return 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+        char path[PATH_MAX];
+        struct stat st;
+        if (snprintf(path, sizeof path, "%s/%s", dir, e->d_name) >= (int)sizeof path) continue;
+        if (lstat(path, &st) != 0) continue;
+        if (S_ISDIR(st.st_mode) && depth < 2)
+            total += dir_bytes(path, depth + 1);
+        else if (S_ISREG(st.st_mode))
+            total += (uint64_t)st.st_size;
+    }
+    closedir(d);
+    return total;
+}
+
+void ws_status_json(spool *sp, const char *db_path, const char *url, char *out, size_t n) {
+    spool_status st;
+    spool_status_get(sp, &st);
+    spool_pos end;
+    spool_end(sp, &end);
+    int64_t now = ws_now_ms();
+    int64_t lag = 0;
+    int pending = st.heartbeat_ms == 0 || spool_pos_cmp(st.uploaded, end) < 0;
+    if (pending) {
+        /* The oldest commit not yet in the store: the first record past the
+        ** uploaded position, or what the shipper holds locally. */
+        int64_t oldest = st.oldest_unshipped_ms;
+        spool_pos pos = st.heartbeat_ms ? st.uploaded : (spool_pos){0, 0};
+        if (st.heartbeat_ms == 0) spool_begin(sp, &pos, NULL);
+        wsbuf buf = {0};
+        spool_rec rec;
+        for (int i = 0; i < 64 && spool_read(sp, &pos, &buf, &rec, NULL) > 0; i++) {
+            if (rec.type == SPOOL_REC_WATERMARK) {
+                if (oldest == 0 || rec.time_ms < oldest) oldest = rec.time_ms;
+                break;
+            }
+        }
+        wsbuf_free(&buf);
+        if (oldest > 0 && now > oldest) lag = now - oldest;
+    } else if (st.oldest_unshipped_ms > 0 && now > st.oldest_unshipped_ms) {
+        lag = now - st.oldest_unshipped_ms;
+    }
+    char wal[PATH_MAX];
+    struct stat ws;
+    uint64_t wal_bytes = 0;
+    if (snprintf(wal, sizeof wal, "%s-wal", db_path) < (int)sizeof wal && stat(wal, &ws) == 0)
+        wal_bytes = (uint64_t)ws.st_size;
+    char edb[1024], eurl[2048], eerr[600], rurl[2048];
+    json_escape(edb, sizeof edb, db_path);
+    redact_url(rurl, sizeof rurl, url ? url : "");
+    json_escape(eurl, sizeof eurl, rurl);
+    json_escape(eerr, sizeof eerr, st.last_error);
+    int alive = st.heartbeat_ms != 0 && now - st.heartbeat_ms < 10000;
+    snprintf(out, n,
+             "{\"db\":\"%s\",\"url\":\"%s\",\"generation\":\"%016" PRIx64 "\",\"txid\":%" PRIu64
+             ",\"shipped_txid\":%" PRIu64 ",\"lag_ms\":%" PRId64 ",\"spool_bytes\":%" PRIu64
+             ",\"wal_bytes\":%" PRIu64 ",\"queue_bytes\":%" PRIu64
+             ",\"shipper_pid\":%d,\"shipper_alive\":%s,\"last_error\":\"%s\"}",
+             edb, eurl, st.generation, st.txid, st.shipped_txid, lag,
+             dir_bytes(spool_path(sp), 0), wal_bytes, st.queue_bytes, (int)st.pid,
+             alive ? "true" : "false", eerr);
+}
