@@ -1,9 +1,16 @@
 /*
 ** main.c -- the walship command-line tool: dispatch to subcommands.
+**
+** The tool is a thin layer over the library: every command parses its
+** arguments, calls one library entry point and prints the outcome. Errors go
+** to stderr as one sentence that names the problem and the fix.
 */
+#include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include "cli.h"
 #include "common/log.h"
 #include "walship.h"
 
@@ -14,9 +21,52 @@ static void usage(FILE *out) {
             "usage: walship COMMAND [ARGS]\n"
             "\n"
             "commands:\n"
-            "  version     print the version\n"
-            "  help        print this help\n",
+            "  restore URL -o PATH [--txid N | --time T] [--force] [--parallel N]\n"
+            "                        rebuild the database as of the latest transaction,\n"
+            "                        transaction N, or time T (RFC 3339, e.g.\n"
+            "                        2026-11-26T09:30:00Z)\n"
+            "  generations URL       list what the store holds\n"
+            "  verify URL [--txid N | --time T]\n"
+            "                        full restore to a temporary file, every checksum,\n"
+            "                        and PRAGMA integrity_check\n"
+            "  ship DB [--url URL] [--drain]\n"
+            "                        run the shipper for DB in this process; --drain\n"
+            "                        uploads everything pending and exits\n"
+            "  status DB [--json]    shipping status of a database\n"
+            "  replica URL PATH [--poll-ms N] [--metrics ADDR:PORT]\n"
+            "                        keep a read-only replica of the database at PATH\n"
+            "  version               print the version\n"
+            "  help                  print this help\n"
+            "\n"
+            "URL: s3://BUCKET/PREFIX[?endpoint=URL&region=R] or file:///ABS/DIR.\n"
+            "S3 credentials come from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,\n"
+            "AWS_SESSION_TOKEN, AWS_REGION and AWS_ENDPOINT_URL. Log detail:\n"
+            "WALSHIP_LOG=error|warn|info|debug.\n",
             walship_version());
+}
+
+int cli_fail(const wserr *err) {
+    fprintf(stderr, "walship: %s\n", err->msg[0] ? err->msg : walship_strerror(err->code));
+    return 1;
+}
+
+int cli_usage(const char *cmd, const char *fmt, ...) {
+    va_list ap;
+    fprintf(stderr, "walship %s: ", cmd);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, " (run \"walship help\")\n");
+    return 2;
+}
+
+int cli_u64(const char *cmd, const char *opt, const char *s, uint64_t *out) {
+    char *end;
+    if (s == NULL || *s == '\0' || *s == '-') return cli_usage(cmd, "%s needs a number", opt);
+    unsigned long long v = strtoull(s, &end, 10);
+    if (*end != '\0') return cli_usage(cmd, "%s needs a number, not \"%s\"", opt, s);
+    *out = v;
+    return 0;
 }
 
 int main(int argc, char **argv) {
@@ -24,7 +74,16 @@ int main(int argc, char **argv) {
         usage(stderr);
         return 2;
     }
+    if (getenv("WALSHIP_LOG") == NULL) ws_log_set_stderr_level(WS_LOG_WARN);
     const char *cmd = argv[1];
+    static const struct {
+        const char *name;
+        int (*fn)(int, char **);
+    } cmds[] = {{"restore", cmd_restore}, {"verify", cmd_verify},
+                {"generations", cmd_generations}, {"ship", cmd_ship},
+                {"status", cmd_status}, {"replica", cmd_replica}};
+    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
+        if (strcmp(cmd, cmds[i].name) == 0) return cmds[i].fn(argc - 1, argv + 1);
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
         printf("walship %s\n", walship_version());
         return 0;

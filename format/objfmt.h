@@ -89,6 +89,8 @@ void seg_writer_free(seg_writer *w);
 /* Parses and checks a segment's header and trailer (obj holds the whole
 ** object). */
 int seg_parse(const uint8_t *obj, size_t n, seg_header *out, wserr *err);
+/* Parses and checks only the header (the first SEG_HEADER_SIZE bytes). */
+int seg_parse_header(const uint8_t *buf, size_t n, seg_header *out, wserr *err);
 
 /* Walks a segment's body. Events come in order: BEGIN, PAGE..., COMMIT,
 ** BEGIN, ... then END once the body checksum and every count matched. A

@@ -230,6 +230,19 @@ void seg_writer_free(seg_writer *w) {
 int seg_parse(const uint8_t *obj, size_t n, seg_header *h, wserr *err) {
     if (n < SEG_HEADER_SIZE + SEG_TRAILER_SIZE)
         return wserr_set(err, WALSHIP_ERR_CORRUPT, "segment is %zu bytes, too short", n);
+    int rc = seg_parse_header(obj, n, h, err);
+    if (rc) return rc;
+    const uint8_t *t = obj + n - SEG_TRAILER_SIZE;
+    if (memcmp(t + 16, SEG_TRAILER_MAGIC, 8) != 0)
+        return wserr_set(err, WALSHIP_ERR_CORRUPT, "segment trailer missing (truncated object?)");
+    if (ws_get_be64(t + 8) != n - SEG_HEADER_SIZE - SEG_TRAILER_SIZE)
+        return wserr_set(err, WALSHIP_ERR_CORRUPT, "segment length does not match its trailer");
+    return 0;
+}
+
+int seg_parse_header(const uint8_t *obj, size_t n, seg_header *h, wserr *err) {
+    if (n < SEG_HEADER_SIZE)
+        return wserr_set(err, WALSHIP_ERR_CORRUPT, "segment is %zu bytes, too short", n);
     if (memcmp(obj, SEG_MAGIC, 8) != 0)
         return wserr_set(err, WALSHIP_ERR_CORRUPT, "not a walship segment (bad magic)");
     if (ws_get_be32(obj + 8) != SEG_VERSION)
@@ -256,11 +269,6 @@ int seg_parse(const uint8_t *obj, size_t n, seg_header *h, wserr *err) {
         h->last_txid < h->first_txid || h->last_txid - h->first_txid + 1 != h->ntx ||
         h->db_pages_after == 0 || h->db_pages_after > MAX_PGNO)
         return wserr_set(err, WALSHIP_ERR_CORRUPT, "segment header has inconsistent fields");
-    const uint8_t *t = obj + n - SEG_TRAILER_SIZE;
-    if (memcmp(t + 16, SEG_TRAILER_MAGIC, 8) != 0)
-        return wserr_set(err, WALSHIP_ERR_CORRUPT, "segment trailer missing (truncated object?)");
-    if (ws_get_be64(t + 8) != n - SEG_HEADER_SIZE - SEG_TRAILER_SIZE)
-        return wserr_set(err, WALSHIP_ERR_CORRUPT, "segment length does not match its trailer");
     return 0;
 }
 

@@ -238,8 +238,8 @@ static int open_segment(shipper *sh, wserr *err) {
         return wserr_set(err, WALSHIP_ERR_INVALID, "spool path too long");
     ss->seg_fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (ss->seg_fd < 0) return wserr_errno(err, wserr_from_errno(errno), errno, "create %s", path);
-    int rc = seg_writer_open(ss->seg_fd, ss->page_size, ss->gen, ss->next_txid, ss->chk,
-                             ss->db_pages, sh->cfg.zstd_level, &ss->segw, err);
+    int rc = seg_writer_open(ss->seg_fd, ss->page_size, ss->gen, ss->next_txid, ss->hs.r.chk,
+                             ss->hs.r.db_pages, sh->cfg.zstd_level, &ss->segw, err);
     if (rc) {
         close(ss->seg_fd);
         ss->seg_fd = -1;
@@ -258,58 +258,41 @@ static int consume_frame(shipper *sh, const uint8_t *frame, uint32_t index, wser
     wal_frame_hdr fh;
     wal_frame_hdr_parse(frame, &fh);
     const uint8_t *page = frame + WAL_FRAME_HDR_SIZE;
-    uint32_t pgsz = ss->page_size;
     int fold = folding(ss);
     int rc;
     if (!ss->tx_open) {
         ss->tx_open = 1;
         ss->tx_npages = 0;
-        ss->tx_max_pgno = 0;
-        ss->tx_db_before = ss->db_pages;
         if (!fold) {
             if (ss->segw == NULL && (rc = open_segment(sh, err))) return rc;
             ss->tx_txid = ss->next_txid;
             if ((rc = seg_writer_begin_tx(ss->segw, ss->tx_txid, err))) return rc;
+            ws_rolling_begin(&ss->hs.r);
         }
     }
     if (!fold) {
-        uint64_t old = shipstate_get(&ss->hs, fh.pgno);
-        uint64_t nh = ws_page_hash(fh.pgno, page, pgsz);
-        ss->chk ^= old ^ nh;
-        if (shipstate_set(&ss->hs, fh.pgno, nh))
+        if (ws_rolling_page(&ss->hs.r, fh.pgno, page))
             return wserr_set(err, WALSHIP_ERR_NOMEM, "out of memory for page hashes");
         if ((rc = seg_writer_page(ss->segw, fh.pgno, page, err))) return rc;
     }
     if (ss->snap && (rc = snapjob_feed(ss->snap, fh.pgno, page, fh.commit_size)))
         return wserr_set(err, rc, "snapshot overlay write failed");
     ss->tx_npages++;
-    if (fh.pgno > ss->tx_max_pgno) ss->tx_max_pgno = fh.pgno;
     ss->cur.frame = index;
     if (fh.commit_size == 0) return 0;
 
     /* Commit frame: the transaction is whole. */
-    uint32_t n = fh.commit_size;
     int64_t t = commit_time_for(ss, index);
     if (!fold) {
-        uint32_t hi = ss->tx_db_before > ss->tx_max_pgno ? ss->tx_db_before : ss->tx_max_pgno;
-        for (uint32_t p = n + 1; p <= hi; p++) { /* truncation */
-            ss->chk ^= shipstate_get(&ss->hs, p);
-            shipstate_set(&ss->hs, p, 0);
-        }
-        for (uint32_t p = ss->tx_db_before + 1; p <= n; p++) { /* growth without a write */
-            if (shipstate_get(&ss->hs, p) == 0) {
-                uint64_t z = ws_zero_page_hash(p, pgsz);
-                ss->chk ^= z;
-                shipstate_set(&ss->hs, p, z);
-            }
-        }
-        if ((rc = seg_writer_commit_tx(ss->segw, ss->tx_txid, t, n, ss->tx_npages, ss->chk, err)))
+        if (ws_rolling_commit(&ss->hs.r, fh.commit_size))
+            return wserr_set(err, WALSHIP_ERR_NOMEM, "out of memory for page hashes");
+        if ((rc = seg_writer_commit_tx(ss->segw, ss->tx_txid, t, fh.commit_size, ss->tx_npages,
+                                       ss->hs.r.chk, err)))
             return rc;
         if (ss->seg_first_commit_ms == 0) ss->seg_first_commit_ms = t;
         ss->next_txid++;
-        ss->rec.bytes_since_snapshot += (uint64_t)ss->tx_npages * pgsz;
+        ss->rec.bytes_since_snapshot += (uint64_t)ss->tx_npages * ss->page_size;
     }
-    ss->db_pages = n;
     ss->rec.last_commit_ms = t;
     ss->tx_open = 0;
     return 0;
@@ -577,8 +560,8 @@ static void live_record(ship_state *ss, ship_record *r) {
     r->generation = ss->gen;
     r->txid = ss->next_txid - 1;
     r->page_size = ss->page_size;
-    r->db_pages = ss->db_pages;
-    r->chk = ss->chk;
+    r->db_pages = ss->hs.r.db_pages;
+    r->chk = ss->hs.r.chk;
     r->pos = ss->cur;
     r->pos.flags = (ss->cur.flags & WS_WALPOS_ENDED) | (ss->big_endian ? WS_WALPOS_BIGEND : 0);
     r->pos.page_size = ss->page_size;
@@ -660,7 +643,7 @@ static int upload_queue(shipper *sh, int64_t deadline, wserr *err) {
     if (queue_dir(sh, dir, sizeof dir)) return wserr_set(err, WALSHIP_ERR_INVALID, "path too long");
     while (ss->nqueue > 0) {
         queued *q = &ss->queue[0];
-        char path[PATH_MAX], key[256];
+        char path[PATH_MAX + 128], key[256];
         snprintf(path, sizeof path, "%s/%s", dir, q->name);
         if (q->is_snapshot)
             snap_key(key, sizeof key, q->generation, q->last_txid);
@@ -749,7 +732,7 @@ static int load_queue(shipper *sh, wserr *err) {
     struct dirent *e;
     while ((e = readdir(d)) != NULL) {
         if (e->d_name[0] == '.') continue;
-        char path[PATH_MAX];
+        char path[PATH_MAX + 256];
         snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
         queued q;
         if (describe_queued(path, e->d_name, &q) != 0) {
@@ -778,7 +761,7 @@ static int redo_queue(shipper *sh, wserr *err) {
         if (q->generation != ss->gen || q->last_txid <= ss->next_txid - 1) continue;
         if (q->is_snapshot || q->first_txid != ss->next_txid)
             return wserr_set(err, WALSHIP_ERR_CORRUPT, "queued object %s does not follow", q->name);
-        char path[PATH_MAX];
+        char path[PATH_MAX + 128];
         snprintf(path, sizeof path, "%s/%s", dir, q->name);
         int fd = open(path, O_RDONLY | O_CLOEXEC);
         if (fd < 0) return wserr_errno(err, WALSHIP_ERR_IO, errno, "open %s", path);
@@ -787,25 +770,20 @@ static int redo_queue(shipper *sh, wserr *err) {
         if (m == MAP_FAILED) return wserr_errno(err, WALSHIP_ERR_IO, errno, "map %s", path);
         seg_iter *it = NULL;
         int rc = seg_iter_open(m, (size_t)q->bytes, &it, err);
-        uint32_t maxp = 0, before = ss->db_pages;
+        ws_rolling *r = &ss->hs.r;
         while (rc == 0) {
             seg_event ev;
             rc = seg_iter_next(it, &ev, err);
             if (rc || ev.type == SEG_EV_END) break;
             if (ev.type == SEG_EV_BEGIN) {
-                maxp = 0;
-                before = ss->db_pages;
+                ws_rolling_begin(r);
             } else if (ev.type == SEG_EV_PAGE) {
-                shipstate_set(&ss->hs, ev.pgno, ws_page_hash(ev.pgno, ev.page, ss->page_size));
-                if (ev.pgno > maxp) maxp = ev.pgno;
+                rc = ws_rolling_page(r, ev.pgno, ev.page);
             } else if (ev.type == SEG_EV_COMMIT) {
-                uint32_t hi = before > maxp ? before : maxp;
-                for (uint32_t p = ev.db_pages + 1; p <= hi; p++) shipstate_set(&ss->hs, p, 0);
-                for (uint32_t p = before + 1; p <= ev.db_pages; p++)
-                    if (shipstate_get(&ss->hs, p) == 0)
-                        shipstate_set(&ss->hs, p, ws_zero_page_hash(p, ss->page_size));
-                ss->db_pages = ev.db_pages;
-                ss->chk = ev.post_chk;
+                rc = ws_rolling_commit(r, ev.db_pages);
+                if (rc == 0 && r->chk != ev.post_chk)
+                    rc = wserr_set(err, WALSHIP_ERR_CORRUPT, "redo of %s: checksum mismatch",
+                                   q->name);
                 ss->next_txid = ev.txid + 1;
             }
         }
@@ -852,8 +830,6 @@ static int start_up(shipper *sh, wserr *err) {
     ss->gen = rec.generation;
     ss->next_txid = rec.txid + 1;
     ss->page_size = rec.page_size;
-    ss->db_pages = rec.db_pages;
-    ss->chk = rec.chk;
     ss->cur = rec.pos;
     ss->big_endian = (rec.pos.flags & WS_WALPOS_BIGEND) != 0;
     ss->resume.seq = rec.pos.log_seq;
@@ -863,7 +839,7 @@ static int start_up(shipper *sh, wserr *err) {
         WS_WARN("state_redo_failed", "db=%s err=\"%s\"", sh->db_path, e2.msg);
         return break_continuity(sh, "local state could not be recovered", err);
     }
-    if (shipstate_xor(&ss->hs, ss->db_pages) != ss->chk)
+    if (ws_rolling_recompute(&ss->hs.r) != ss->hs.r.chk)
         return break_continuity(sh, "local page hashes do not match the shipped checksum", err);
     ss->cur.log_seq = ss->resume.seq;
     ss->cur.log_off = ss->resume.off;
@@ -941,7 +917,7 @@ static int snapshot_due(shipper *sh) {
     ship_state *ss = &sh->ss;
     if (ss->gen == 0 || ss->rec.last_snapshot_ms == 0) return 0;
     if (ws_now_ms() - ss->rec.last_snapshot_ms >= sh->cfg.snapshot_interval_ms) return 1;
-    uint64_t db_bytes = (uint64_t)ss->db_pages * ss->page_size;
+    uint64_t db_bytes = (uint64_t)ss->hs.r.db_pages * ss->page_size;
     uint64_t floor = (uint64_t)16 << 20;
     return ss->rec.bytes_since_snapshot >= (db_bytes > floor ? db_bytes : floor);
 }

@@ -52,9 +52,7 @@ typedef struct ship_state {
     /* live position: everything consumed so far */
     uint64_t gen;
     uint64_t next_txid;
-    uint32_t page_size;
-    uint32_t db_pages;
-    uint64_t chk;
+    uint32_t page_size;           /* database size and checksum live in hs.r */
     int cur_known;             /* a WAL position is established */
     ws_walpos cur;             /* frame = last consumed; log pos = next record */
     int big_endian;
@@ -72,8 +70,6 @@ typedef struct ship_state {
     int tx_open;
     uint64_t tx_txid;
     uint32_t tx_npages;
-    uint32_t tx_max_pgno;
-    uint32_t tx_db_before;
 
     /* the segment being built */
     seg_writer *segw;

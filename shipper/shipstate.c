@@ -18,7 +18,6 @@
 #define ENTRIES_OFF 512
 #define STATE_MAGIC "WSSTATE"
 #define STATE_VERSION 1
-#define MAX_PAGES 0x7fffffffu
 
 static void put_le64(uint8_t *p, uint64_t v) {
     for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
@@ -63,24 +62,29 @@ static int decode_slot(const uint8_t *b, uint64_t *seq, ship_record *r) {
     r->last_snapshot_ms = (int64_t)ws_get_be64(b + 120);
     r->bytes_since_snapshot = ws_get_be64(b + 128);
     r->last_commit_ms = (int64_t)ws_get_be64(b + 136);
-    if (r->db_pages > MAX_PAGES || (r->generation && !ws_page_size_valid(r->page_size))) return -1;
+    if (r->db_pages > 0x7fffffffu || (r->generation && !ws_page_size_valid(r->page_size))) return -1;
     return 0;
 }
 
-static int grow(shipstate *ss, uint32_t n) {
-    if (n <= ss->cap) return 0;
-    uint32_t cap = ss->cap ? ss->cap : 1024;
-    while (cap < n) cap = cap > MAX_PAGES / 2 ? MAX_PAGES : cap * 2;
-    uint64_t *h = realloc(ss->h, (size_t)cap * sizeof *h);
-    if (h == NULL) return WALSHIP_ERR_NOMEM;
-    memset(h + ss->cap, 0, (size_t)(cap - ss->cap) * sizeof *h);
-    ss->h = h;
-    ss->cap = cap;
-    return 0;
+static void mark_dirty(void *ctx, uint32_t p) {
+    shipstate *ss = ctx;
+    if (ss->all_dirty) return;
+    if (ss->ndirty == ss->dirty_cap) {
+        uint32_t cap = ss->dirty_cap ? ss->dirty_cap * 2 : 1024;
+        uint32_t *d = cap <= (1u << 24) ? realloc(ss->dirty, cap * sizeof *d) : NULL;
+        if (d == NULL) { /* too many (or no memory): rewrite everything */
+            ss->all_dirty = 1;
+            return;
+        }
+        ss->dirty = d;
+        ss->dirty_cap = cap;
+    }
+    ss->dirty[ss->ndirty++] = p;
 }
 
 int shipstate_open(shipstate *ss, const char *dir, ship_record *rec, int *have, wserr *err) {
     memset(ss, 0, sizeof *ss);
+    ws_rolling_init(&ss->r, 0);
     *have = 0;
     char path[PATH_MAX];
     if (snprintf(path, sizeof path, "%s/state", dir) >= (int)sizeof path)
@@ -102,8 +106,7 @@ int shipstate_open(shipstate *ss, const char *dir, ship_record *rec, int *have, 
         *rec = rb;
         ss->seq = sb;
     }
-    if (grow(ss, rec->db_pages ? rec->db_pages : 1))
-        return wserr_set(err, WALSHIP_ERR_NOMEM, "out of memory for %u page hashes", rec->db_pages);
+    ws_rolling_init(&ss->r, rec->page_size);
     size_t bytes = (size_t)rec->db_pages * 8;
     uint8_t *buf = malloc(bytes ? bytes : 1);
     if (buf == NULL) return wserr_set(err, WALSHIP_ERR_NOMEM, "out of memory");
@@ -112,56 +115,61 @@ int shipstate_open(shipstate *ss, const char *dir, ship_record *rec, int *have, 
         free(buf);
         return 0; /* hashes missing: treat as no state */
     }
-    for (uint32_t i = 0; i < rec->db_pages; i++) ss->h[i] = get_le64(buf + (size_t)i * 8);
+    for (uint32_t i = rec->db_pages; i > 0; i--) {
+        if (ws_rolling_set(&ss->r, i, get_le64(buf + (size_t)(i - 1) * 8)) != 0) {
+            free(buf);
+            return wserr_set(err, WALSHIP_ERR_NOMEM, "out of memory for %u page hashes",
+                             rec->db_pages);
+        }
+    }
     free(buf);
+    ss->r.db_pages = rec->db_pages;
+    ss->r.tx_before = rec->db_pages;
+    ss->r.chk = rec->chk;
+    ss->r.on_set = mark_dirty;
+    ss->r.ctx = ss;
     *have = 1;
+    return 0;
+}
+
+int shipstate_peek(const char *dir, ship_record *rec) {
+    char path[PATH_MAX];
+    if (snprintf(path, sizeof path, "%s/state", dir) >= (int)sizeof path) return -1;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    uint8_t slots[2 * SLOT_SIZE];
+    ssize_t r = ws_pread_full(fd, slots, sizeof slots, 0);
+    close(fd);
+    ship_record ra, rb;
+    uint64_t sa = 0, sb = 0;
+    int va = r >= SLOT_SIZE && decode_slot(slots, &sa, &ra) == 0;
+    int vb = r >= 2 * SLOT_SIZE && decode_slot(slots + SLOT_SIZE, &sb, &rb) == 0;
+    if (!va && !vb) return -1;
+    *rec = va && (!vb || sa > sb) ? ra : rb;
     return 0;
 }
 
 void shipstate_close(shipstate *ss) {
     if (ss->fd >= 0) close(ss->fd);
-    free(ss->h);
+    ws_rolling_free(&ss->r);
     free(ss->dirty);
     memset(ss, 0, sizeof *ss);
     ss->fd = -1;
 }
 
-int shipstate_set(shipstate *ss, uint32_t p, uint64_t h) {
-    if (p == 0 || p > MAX_PAGES) return WALSHIP_ERR_INVALID;
-    if (grow(ss, p)) return WALSHIP_ERR_NOMEM;
-    ss->h[p - 1] = h;
-    if (ss->all_dirty) return 0;
-    if (ss->ndirty == ss->dirty_cap) {
-        uint32_t cap = ss->dirty_cap ? ss->dirty_cap * 2 : 1024;
-        if (cap > (1u << 24)) { /* too many: just rewrite everything */
-            ss->all_dirty = 1;
-            return 0;
-        }
-        uint32_t *d = realloc(ss->dirty, cap * sizeof *d);
-        if (d == NULL) {
-            ss->all_dirty = 1;
-            return 0;
-        }
-        ss->dirty = d;
-        ss->dirty_cap = cap;
-    }
-    ss->dirty[ss->ndirty++] = p;
-    return 0;
-}
-
-int shipstate_replace(shipstate *ss, const uint64_t *h, uint32_t n) {
-    if (grow(ss, n ? n : 1)) return WALSHIP_ERR_NOMEM;
-    memcpy(ss->h, h, (size_t)n * sizeof *h);
-    memset(ss->h + n, 0, (size_t)(ss->cap - n) * sizeof *h);
+int shipstate_replace(shipstate *ss, const uint64_t *h, uint32_t n, uint64_t chk) {
+    ss->r.on_set = NULL;
+    for (uint32_t p = n; p > 0; p--)
+        if (ws_rolling_set(&ss->r, p, h[p - 1]) != 0) return WALSHIP_ERR_NOMEM;
+    for (uint32_t p = n + 1; p <= ss->r.cap; p++) ss->r.h[p - 1] = 0;
+    ss->r.db_pages = n;
+    ss->r.tx_before = n;
+    ss->r.chk = chk;
+    ss->r.on_set = mark_dirty;
+    ss->r.ctx = ss;
     ss->all_dirty = 1;
     ss->ndirty = 0;
     return 0;
-}
-
-uint64_t shipstate_xor(const shipstate *ss, uint32_t n) {
-    uint64_t x = 0;
-    for (uint32_t i = 0; i < n && i < ss->cap; i++) x ^= ss->h[i];
-    return x;
 }
 
 static int cmp_u32(const void *a, const void *b) {
@@ -171,7 +179,8 @@ static int cmp_u32(const void *a, const void *b) {
 
 /* Writes entries [first, last] (1-based pages) in one pwrite. */
 static int write_run(shipstate *ss, uint32_t first, uint32_t last, uint8_t *scratch) {
-    for (uint32_t p = first; p <= last; p++) put_le64(scratch + (size_t)(p - first) * 8, ss->h[p - 1]);
+    for (uint32_t p = first; p <= last; p++)
+        put_le64(scratch + (size_t)(p - first) * 8, ws_rolling_get(&ss->r, p));
     return ws_pwrite_all(ss->fd, scratch, (size_t)(last - first + 1) * 8,
                          ENTRIES_OFF + (off_t)(first - 1) * 8);
 }
@@ -195,7 +204,7 @@ int shipstate_save(shipstate *ss, const ship_record *rec, wserr *err) {
             while (i + 1 < ss->ndirty && ss->dirty[i + 1] <= last + 1 && ss->dirty[i + 1] - first < RUN)
                 last = ss->dirty[++i];
             i++;
-            if (first <= ss->cap) bad = write_run(ss, first, last <= ss->cap ? last : ss->cap, scratch) != 0;
+            bad = write_run(ss, first, last, scratch) != 0;
         }
     }
     free(scratch);

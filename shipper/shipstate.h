@@ -24,6 +24,7 @@
 
 #include "../common/err.h"
 #include "../format/objfmt.h"
+#include "../format/rolling.h"
 
 typedef struct ship_record {
     uint64_t generation;       /* 0: no generation yet */
@@ -42,30 +43,26 @@ typedef struct ship_record {
 typedef struct shipstate {
     int fd;
     uint64_t seq;    /* sequence of the slot last written */
-    uint64_t *h;     /* page hashes, index p-1 */
-    uint32_t cap;    /* entries allocated */
-    uint32_t *dirty; /* pages changed since the last save */
+    ws_rolling r;    /* live page hashes, database size and checksum */
+    uint32_t *dirty; /* pages whose hash changed since the last save */
     uint32_t ndirty, dirty_cap;
     int all_dirty;   /* rewrite every entry on the next save */
 } shipstate;
 
 /* Opens or creates the state file in dir. *have is set to 1 and *rec filled
-** when a valid record exists (hashes loaded for rec->db_pages pages). */
+** when a valid record exists; then r holds its hashes, size and checksum. */
 int shipstate_open(shipstate *ss, const char *dir, ship_record *rec, int *have, wserr *err);
 void shipstate_close(shipstate *ss);
 
-/* Sets the hash of page p (1-based), growing the array; marks it dirty. */
-int shipstate_set(shipstate *ss, uint32_t p, uint64_t h);
-static inline uint64_t shipstate_get(const shipstate *ss, uint32_t p) {
-    return p >= 1 && p <= ss->cap ? ss->h[p - 1] : 0;
-}
-/* Replaces every hash (after a new snapshot): n entries from h. */
-int shipstate_replace(shipstate *ss, const uint64_t *h, uint32_t n);
+/* Reads just the newest valid record of dir/state (no hashes), for status
+** readers in any process. Returns 0 if there is one. */
+int shipstate_peek(const char *dir, ship_record *rec);
 
-/* XOR of the hashes of pages 1..n. */
-uint64_t shipstate_xor(const shipstate *ss, uint32_t n);
+/* Replaces every hash (after a new snapshot): n entries from h, checksum chk. */
+int shipstate_replace(shipstate *ss, const uint64_t *h, uint32_t n, uint64_t chk);
 
-/* Writes dirty hashes, then the record into the next slot, and syncs. */
+/* Writes dirty hashes and syncs, then the record into the next slot and
+** syncs again. */
 int shipstate_save(shipstate *ss, const ship_record *rec, wserr *err);
 
 #endif

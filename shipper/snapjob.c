@@ -498,7 +498,7 @@ int snapjob_step(shipper *sh, wserr *err) {
                                   : (j->hdr_db_pages ? j->hdr_db_pages : j->file_pages);
         txid = ss->next_txid ? ss->next_txid : 1;
     } else {
-        db_pages = ss->db_pages;
+        db_pages = ss->hs.r.db_pages;
         txid = ss->next_txid - 1;
     }
     if (db_pages == 0) {
@@ -517,11 +517,11 @@ int snapjob_step(shipper *sh, wserr *err) {
     uint64_t *hashes = NULL, chk = 0;
     rc = finalize_image(j, db_pages, txid, commit_ms, &resume, &hashes, &chk, err);
     if (rc) goto fail;
-    if (!j->genstart && chk != ss->chk) {
+    if (!j->genstart && chk != ss->hs.r.chk) {
         free(hashes);
         WS_ERROR("snapshot_mismatch",
                  "db=%s txid=%" PRIu64 " snapshot=%016" PRIx64 " live=%016" PRIx64, sh->db_path,
-                 txid, chk, ss->chk);
+                 txid, chk, ss->hs.r.chk);
         rc = wserr_set(err, WALSHIP_ERR_CORRUPT,
                        "periodic snapshot does not match the shipped history; discarded");
         goto fail;
@@ -557,9 +557,8 @@ int snapjob_step(shipper *sh, wserr *err) {
         ss->gen = j->gen;
         ss->next_txid = txid + 1;
         ss->page_size = j->pgsz;
-        ss->db_pages = db_pages;
-        ss->chk = chk;
-        rc = shipstate_replace(&ss->hs, hashes, db_pages);
+        ss->hs.r.page_size = j->pgsz;
+        rc = shipstate_replace(&ss->hs, hashes, db_pages, chk);
         if (rc) {
             free(hashes);
             rc = wserr_set(err, rc, "out of memory");

@@ -12,6 +12,7 @@
 
 #include "../common/util.h"
 #include "shipper.h"
+#include "shipstate.h"
 
 /* Appends s to out as a JSON string body (quotes added by the caller). */
 static void json_escape(char *out, size_t n, const char *s) {
@@ -65,6 +66,19 @@ static uint64_t dir_bytes(const char *dir, int depth) {
 void ws_status_json(spool *sp, const char *db_path, const char *url, char *out, size_t n) {
     spool_status st;
     spool_status_get(sp, &st);
+    if (st.heartbeat_ms == 0) {
+        /* No shipper has run since the spool was last opened: what the
+        ** last one made durable is in its state file. */
+        ship_record rec;
+        if (shipstate_peek(spool_path(sp), &rec) == 0) {
+            st.generation = rec.generation;
+            st.txid = rec.txid;
+            st.shipped_txid = rec.shipped_txid;
+            st.uploaded.seq = rec.pos.log_seq;
+            st.uploaded.off = rec.pos.log_off;
+            st.heartbeat_ms = -1; /* known position, no live shipper */
+        }
+    }
     spool_pos end;
     spool_end(sp, &end);
     int64_t now = ws_now_ms();
@@ -99,7 +113,7 @@ void ws_status_json(spool *sp, const char *db_path, const char *url, char *out, 
     redact_url(rurl, sizeof rurl, url ? url : "");
     json_escape(eurl, sizeof eurl, rurl);
     json_escape(eerr, sizeof eerr, st.last_error);
-    int alive = st.heartbeat_ms != 0 && now - st.heartbeat_ms < 10000;
+    int alive = st.heartbeat_ms > 0 && now - st.heartbeat_ms < 10000;
     snprintf(out, n,
              "{\"db\":\"%s\",\"url\":\"%s\",\"generation\":\"%016" PRIx64 "\",\"txid\":%" PRIu64
              ",\"shipped_txid\":%" PRIu64 ",\"lag_ms\":%" PRId64 ",\"spool_bytes\":%" PRIu64

@@ -30,10 +30,24 @@ void store_free(store *s) {
 
 const char *store_url(const store *s) { return s->url; }
 
+/* Nonzero if s is well-formed UTF-8 (S3 keys must be). */
+static int utf8_valid(const unsigned char *s) {
+    while (*s) {
+        int n = *s < 0x80 ? 0 : (*s & 0xe0) == 0xc0 ? 1 : (*s & 0xf0) == 0xe0 ? 2
+                : (*s & 0xf8) == 0xf0 ? 3 : -1;
+        if (n < 0 || (n == 1 && *s < 0xc2)) return 0;
+        s++;
+        for (int i = 0; i < n; i++, s++)
+            if ((*s & 0xc0) != 0x80) return 0;
+    }
+    return 1;
+}
+
 int store_key_valid(const char *key) {
     if (key == NULL || *key == '\0' || *key == '/') return 0;
     size_t len = strlen(key);
-    if (len > 1024) return 0; /* S3's limit */
+    if (len > 1024 || key[len - 1] == '/') return 0; /* S3's limit; no folder markers */
+    if (!utf8_valid((const unsigned char *)key)) return 0;
     const char *seg = key;
     for (const char *p = key;; p++) {
         if (*p == '/' || *p == '\0') {
@@ -111,6 +125,7 @@ int store_put_fd(store *s, const char *key, int fd, int flags, wserr *err) {
 
 int store_get(store *s, const char *key, wsbuf *out, wserr *err) {
     if (check_key(key, err)) return WALSHIP_ERR_INVALID;
+    out->len = 0;
     return s->ops->get(s, key, 1, 0, 0, 0, out, err);
 }
 

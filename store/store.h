@@ -10,8 +10,11 @@
 ** Anything else is refused with an error that lists the accepted forms.
 **
 ** Keys are relative to the URL's prefix ("generations/0001/x.seg"); they are
-** non-empty, do not start with '/', and contain no "." or ".." path segment
-** and no NUL. Listing returns keys in ascending byte order, as S3 does.
+** non-empty UTF-8, at most 1024 bytes, neither start nor end with '/', and
+** contain no empty, "." or ".." path segment. S3's 1024-byte limit counts
+** the URL's prefix too: the s3 backend refuses longer full keys with
+** WALSHIP_ERR_INVALID. Listing returns keys in ascending byte order, as S3
+** does.
 **
 ** Every function returns 0 (WALSHIP_OK) or a walship_err code, and fills
 ** `err` with a sentence naming the problem and the likely fix. Secrets never

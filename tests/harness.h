@@ -62,19 +62,21 @@ void ws_test_skip(const char *why) __attribute__((noreturn));
 #define CHECK_OK(expr, errp)                                                   \
     do {                                                                       \
         int rc_ = (expr);                                                      \
+        const wserr *e_ = (errp);                                              \
         if (rc_ != 0)                                                          \
             ws_test_fail(__FILE__, __LINE__, "%s returned %d (%s): %s", #expr, rc_, \
-                         walship_strerror(rc_), (errp) ? (errp)->msg : "");    \
+                         walship_strerror(rc_), e_ ? e_->msg : "");            \
     } while (0)
 
 /* Checks that a walship call failed with the given code. */
 #define CHECK_RC(expr, code, errp)                                             \
     do {                                                                       \
         int rc_ = (expr);                                                      \
+        const wserr *e_ = (errp);                                              \
         if (rc_ != (code))                                                     \
             ws_test_fail(__FILE__, __LINE__, "%s returned %d (%s), expected %d (%s): %s", \
                          #expr, rc_, walship_strerror(rc_), (int)(code),       \
-                         walship_strerror(code), (errp) ? (errp)->msg : "");   \
+                         walship_strerror(code), e_ ? e_->msg : "");           \
     } while (0)
 
 /* Checks that haystack contains needle (for error messages). */

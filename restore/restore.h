@@ -1,0 +1,83 @@
+/*
+** restore.h -- rebuilding a database from the store, as of the latest
+** transaction, a TXID, or a point in time.
+**
+** ws_restore() never leaves a partial or unverified file at the output
+** path: it builds into a temporary file beside it, checks every checksum
+** (object checksums, each transaction's rolling database checksum, and the
+** snapshot's), syncs, and renames. An existing output is refused unless
+** `force` is set.
+**
+** The pieces are exposed for `walship verify` and the replica: plan a
+** restore, then build the image into any file descriptor while keeping the
+** page hashes (the replica continues from them).
+*/
+#ifndef WS_RESTORE_H
+#define WS_RESTORE_H
+
+#include <stdint.h>
+
+#include "../common/err.h"
+#include "../format/objfmt.h"
+#include "../format/rolling.h"
+#include "../store/store.h"
+#include "catalog.h"
+
+enum { RESTORE_LATEST = 0, RESTORE_TXID = 1, RESTORE_TIME = 2 };
+
+typedef struct restore_target {
+    int kind;          /* RESTORE_* */
+    uint64_t txid;     /* RESTORE_TXID */
+    int64_t time_ms;   /* RESTORE_TIME: the state after the last commit at or before it */
+    uint64_t generation; /* 0: choose; otherwise only this generation */
+} restore_target;
+
+/* What to download and apply. Pointers point into the catalog. */
+typedef struct restore_plan {
+    const cat_gen *gen;
+    const cat_snap *snap;
+    const cat_seg **chain; /* owned: free with restore_plan_free */
+    size_t nchain;
+    uint64_t to_txid;      /* apply up to this TXID */
+    int64_t to_time_ms;    /* and no commit after this time (INT64_MAX: no limit) */
+    uint64_t bytes;        /* total bytes to download */
+} restore_plan;
+
+typedef struct restore_result {
+    uint64_t generation;
+    uint64_t txid;
+    int64_t commit_ms;
+    uint32_t page_size;
+    uint32_t db_pages;
+    uint64_t chk;
+    uint64_t bytes;
+    size_t nsegments;
+} restore_result;
+
+/* Progress reporting: called now and then with bytes done and total. */
+typedef void (*restore_progress_fn)(void *ctx, uint64_t done, uint64_t total);
+
+int restore_plan_make(store *st, const catalog *cat, const restore_target *t, restore_plan *out,
+                      wserr *err);
+void restore_plan_free(restore_plan *p);
+
+/* Builds the planned image into fd (which should be empty), verifying
+** everything; r receives the page hashes, size and checksum of the result. */
+int restore_build(store *st, const restore_plan *p, int fd, int parallel, ws_rolling *r,
+                  restore_result *res, restore_progress_fn progress, void *pctx, wserr *err);
+
+typedef struct restore_opts {
+    const char *url;
+    const char *out_path;
+    restore_target target;
+    int force;
+    int parallel;  /* download threads; 0 = default (8) */
+    int progress;  /* draw a progress bar on stderr if it is a terminal */
+} restore_opts;
+
+int ws_restore(const restore_opts *o, restore_result *res, wserr *err);
+
+/* Reads a snapshot's footer with one ranged request. */
+int restore_snap_footer(store *st, const cat_snap *s, snap_footer *out, wserr *err);
+
+#endif
