@@ -43,22 +43,39 @@ size_t spool_rec_encode_watermark(uint8_t *buf, uint32_t salt1, uint32_t salt2,
     return seal(buf, SPOOL_REC_WATERMARK, 24);
 }
 
-size_t spool_rec_encode_begin(uint8_t *buf, const uint8_t walhdr[32], int64_t time_ms) {
+static void put_dbid(uint8_t *p, const spool_dbid *id) {
+    ws_put_be64(p, id->dev);
+    ws_put_be64(p + 8, id->ino);
+    ws_put_be64(p + 16, id->size);
+    ws_put_be64(p + 24, (uint64_t)id->ctime_ns);
+}
+
+static void get_dbid(const uint8_t *p, spool_dbid *id) {
+    id->dev = ws_get_be64(p);
+    id->ino = ws_get_be64(p + 8);
+    id->size = ws_get_be64(p + 16);
+    id->ctime_ns = (int64_t)ws_get_be64(p + 24);
+}
+
+size_t spool_rec_encode_begin(uint8_t *buf, const uint8_t walhdr[32], int64_t time_ms,
+                              const spool_dbid *id) {
     uint8_t *p = buf + SPOOL_REC_HDR_SIZE;
     memcpy(p, walhdr, 32);
     ws_put_be64(p + 32, (uint64_t)time_ms);
-    return seal(buf, SPOOL_REC_WAL_BEGIN, 40);
+    put_dbid(p + 40, id);
+    return seal(buf, SPOOL_REC_WAL_BEGIN, SPOOL_BEGIN_PAYLOAD);
 }
 
 size_t spool_rec_encode_end(uint8_t *buf, uint32_t salt1, uint32_t salt2, uint32_t mx_frame,
-                            uint32_t reason, int64_t time_ms) {
+                            uint32_t reason, int64_t time_ms, const spool_dbid *id) {
     uint8_t *p = buf + SPOOL_REC_HDR_SIZE;
     ws_put_be32(p, salt1);
     ws_put_be32(p + 4, salt2);
     ws_put_be32(p + 8, mx_frame);
     ws_put_be32(p + 12, reason);
     ws_put_be64(p + 16, (uint64_t)time_ms);
-    return seal(buf, SPOOL_REC_WAL_END, 24);
+    put_dbid(p + 24, id);
+    return seal(buf, SPOOL_REC_WAL_END, SPOOL_END_PAYLOAD);
 }
 
 #define FRAMES_HEAD 24
@@ -115,7 +132,7 @@ long spool_rec_decode(const uint8_t *buf, size_t n, spool_rec *out) {
         if (out->page_size != 0 && !page_size_ok(out->page_size)) return -1;
         break;
     case SPOOL_REC_WAL_BEGIN: {
-        if (len != 40) return -1;
+        if (len != SPOOL_BEGIN_PAYLOAD) return -1;
         wal_hdr h;
         memcpy(out->wal_hdr, p, 32);
         if (wal_hdr_parse(p, &h) != 0) return -1;
@@ -123,10 +140,12 @@ long spool_rec_decode(const uint8_t *buf, size_t n, spool_rec *out) {
         out->salt2 = h.salt2;
         out->page_size = h.page_size;
         out->time_ms = (int64_t)ws_get_be64(p + 32);
+        get_dbid(p + 40, &out->dbid);
         break;
     }
     case SPOOL_REC_WAL_END:
-        if (len != 24) return -1;
+        if (len != SPOOL_END_PAYLOAD) return -1;
+        get_dbid(p + 24, &out->dbid);
         out->salt1 = ws_get_be32(p);
         out->salt2 = ws_get_be32(p + 4);
         out->mx_frame = ws_get_be32(p + 8);

@@ -38,6 +38,13 @@ enum spool_rec_type {
 
 enum spool_end_reason { SPOOL_END_RESTART = 1, SPOOL_END_TRUNCATE = 2, SPOOL_END_DELETE = 3 };
 
+/* Identity of the database file: a file copied in or written outside
+** walship has another inode or a newer ctime. */
+typedef struct spool_dbid {
+    uint64_t dev, ino, size;
+    int64_t ctime_ns;
+} spool_dbid;
+
 /* A decoded record. For FRAMES, `frames` points into the input buffer. */
 typedef struct spool_rec {
     int type;
@@ -50,6 +57,7 @@ typedef struct spool_rec {
     uint32_t first_frame; /* FRAMES */
     uint32_t nframes;     /* FRAMES */
     const uint8_t *frames;/* FRAMES: nframes * (24 + page_size) bytes */
+    spool_dbid dbid;      /* WAL_BEGIN, WAL_END: the database file at that moment */
 } spool_rec;
 
 /* Writes the 16-byte file header into buf. */
@@ -66,9 +74,12 @@ static inline size_t spool_rec_size(uint32_t payload_len) {
 ** spool_rec_size(payload); each returns the number of bytes written. */
 size_t spool_rec_encode_watermark(uint8_t *buf, uint32_t salt1, uint32_t salt2,
                                   uint32_t mx_frame, uint32_t page_size, int64_t time_ms);
-size_t spool_rec_encode_begin(uint8_t *buf, const uint8_t walhdr[32], int64_t time_ms);
+size_t spool_rec_encode_begin(uint8_t *buf, const uint8_t walhdr[32], int64_t time_ms,
+                              const spool_dbid *id);
 size_t spool_rec_encode_end(uint8_t *buf, uint32_t salt1, uint32_t salt2, uint32_t mx_frame,
-                            uint32_t reason, int64_t time_ms);
+                            uint32_t reason, int64_t time_ms, const spool_dbid *id);
+#define SPOOL_BEGIN_PAYLOAD 72
+#define SPOOL_END_PAYLOAD 56
 /* FRAMES in two steps, so frame bytes can be read straight into place:
 ** spool_rec_frames_layout gives the payload offset of the frame bytes and the
 ** total size; fill the frames at buf + *frames_off; then seal. */

@@ -470,6 +470,9 @@ static int apply_record(shipper *sh, const spool_rec *r, wserr *err) {
         }
         if (ss->tx_open) return break_continuity(sh, "a WAL ended inside a transaction", err);
         ss->cur.flags |= WS_WALPOS_ENDED;
+        /* After a delete or truncate the database file is complete and
+        ** should stay exactly as it is until the next WAL begins. */
+        if (r->reason != SPOOL_END_RESTART) ss->rec.end_id = r->dbid;
         ss->pending_mx = 0;
         ss->nwm = 0;
         return 0;
@@ -480,6 +483,13 @@ static int apply_record(shipper *sh, const spool_rec *r, wserr *err) {
             return break_continuity(sh, "a new WAL began while the old one had not ended", err);
         if (r->page_size != ss->page_size)
             return break_continuity(sh, "page size changed", err);
+        spool_dbid none = {0};
+        if (memcmp(&ss->rec.end_id, &none, sizeof none) != 0 &&
+            memcmp(&ss->rec.end_id, &r->dbid, sizeof r->dbid) != 0)
+            return break_continuity(sh, "the database file changed while no WAL was open "
+                                        "(copied in, or written outside walship)",
+                                    err);
+        memset(&ss->rec.end_id, 0, sizeof ss->rec.end_id);
         wal_hdr h;
         wal_hdr_parse(r->wal_hdr, &h);
         ss->cur.salt1 = h.salt1;
@@ -813,6 +823,56 @@ static void cleanup_tmp_files(shipper *sh) {
     }
 }
 
+/* When the shipped history says the WAL ended (deleted or truncated after a
+** full checkpoint) and no WAL holds frames now, the database file must be
+** exactly the state at the last shipped transaction. A file copied in or
+** written outside walship while nothing was open fails this: page 1 (which
+** a rollback-mode write always changes), the last page, and a sample of the
+** rest (all pages of a small database) are compared with the page hashes. */
+static int db_file_matches(shipper *sh, int *matches, wserr *err) {
+    ship_state *ss = &sh->ss;
+    *matches = 1;
+    uint8_t hb[WAL_HDR_SIZE];
+    wal_hdr h;
+    int fd = open(sh->wal_path, O_RDONLY | O_CLOEXEC);
+    int wal_live = fd >= 0 && ws_pread_full(fd, hb, sizeof hb, 0) == (ssize_t)sizeof hb &&
+                   wal_hdr_parse(hb, &h) == 0;
+    if (fd >= 0) close(fd);
+    if (wal_live) return 0; /* a new WAL began: its records will tell */
+    sqlite3_file *f = NULL;
+    int rc = ship_open_base_file(sh, &f, err);
+    if (rc) {
+        wserr_clear(err);
+        *matches = 0; /* the database file is gone */
+        return 0;
+    }
+    uint32_t n = ss->hs.r.db_pages, pgsz = ss->page_size;
+    sqlite3_int64 size = 0;
+    f->pMethods->xFileSize(f, &size);
+    uint8_t *page = malloc(pgsz);
+    if (page == NULL) {
+        ship_close_base_file(f);
+        return wserr_set(err, WALSHIP_ERR_NOMEM, "out of memory");
+    }
+    if ((uint64_t)size != (uint64_t)n * pgsz) *matches = 0;
+    uint32_t step = n <= 2048 ? 1 : n / 64;
+    uint64_t seed = (uint64_t)ws_now_us();
+    for (uint32_t i = 0; *matches && i < n; i += step) {
+        uint32_t p = i + 1;
+        if (step > 1 && i > 0) p = 1 + (uint32_t)((seed = seed * 6364136223846793005ull + 1) >> 33) % n;
+        if (f->pMethods->xRead(f, page, (int)pgsz, (sqlite3_int64)(p - 1) * pgsz) != SQLITE_OK ||
+            ws_page_hash(p, page, pgsz) != ws_rolling_get(&ss->hs.r, p))
+            *matches = 0;
+    }
+    if (*matches && n > 1 &&
+        (f->pMethods->xRead(f, page, (int)pgsz, (sqlite3_int64)(n - 1) * pgsz) != SQLITE_OK ||
+         ws_page_hash(n, page, pgsz) != ws_rolling_get(&ss->hs.r, n)))
+        *matches = 0;
+    free(page);
+    ship_close_base_file(f);
+    return 0;
+}
+
 static int start_up(shipper *sh, wserr *err) {
     ship_state *ss = &sh->ss;
     int rc;
@@ -852,6 +912,12 @@ static int start_up(shipper *sh, wserr *err) {
     spool_end(sh->sp, &end);
     if (spool_pos_cmp(ss->resume, begin) < 0 || spool_pos_cmp(ss->resume, end) > 0)
         return break_continuity(sh, "the spool lost records since the last shipped position", err);
+    if (ss->cur.flags & WS_WALPOS_ENDED) {
+        int same = 1;
+        if ((rc = db_file_matches(sh, &same, err))) return rc;
+        if (!same)
+            return break_continuity(sh, "the database file changed outside walship", err);
+    }
     /* Is this generation still in the store (a wiped bucket, a changed URL)? */
     if (rec.last_snapshot_txid) {
         int in_queue = 0;

@@ -44,6 +44,10 @@ static void encode_slot(uint8_t *b, uint64_t seq, const ship_record *r) {
     ws_put_be64(b + 120, (uint64_t)r->last_snapshot_ms);
     ws_put_be64(b + 128, r->bytes_since_snapshot);
     ws_put_be64(b + 136, (uint64_t)r->last_commit_ms);
+    ws_put_be64(b + 144, r->end_id.dev);
+    ws_put_be64(b + 152, r->end_id.ino);
+    ws_put_be64(b + 160, r->end_id.size);
+    ws_put_be64(b + 168, (uint64_t)r->end_id.ctime_ns);
     ws_put_be64(b + SLOT_SIZE - 8, ws_hash64(b, SLOT_SIZE - 8));
 }
 
@@ -62,6 +66,10 @@ static int decode_slot(const uint8_t *b, uint64_t *seq, ship_record *r) {
     r->last_snapshot_ms = (int64_t)ws_get_be64(b + 120);
     r->bytes_since_snapshot = ws_get_be64(b + 128);
     r->last_commit_ms = (int64_t)ws_get_be64(b + 136);
+    r->end_id.dev = ws_get_be64(b + 144);
+    r->end_id.ino = ws_get_be64(b + 152);
+    r->end_id.size = ws_get_be64(b + 160);
+    r->end_id.ctime_ns = (int64_t)ws_get_be64(b + 168);
     if (r->db_pages > 0x7fffffffu || (r->generation && !ws_page_size_valid(r->page_size))) return -1;
     return 0;
 }

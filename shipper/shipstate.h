@@ -25,6 +25,7 @@
 #include "../common/err.h"
 #include "../format/objfmt.h"
 #include "../format/rolling.h"
+#include "../format/spoolrec.h"
 
 typedef struct ship_record {
     uint64_t generation;       /* 0: no generation yet */
@@ -38,6 +39,7 @@ typedef struct ship_record {
     int64_t last_snapshot_ms;  /* wall clock when it was taken */
     uint64_t bytes_since_snapshot;
     int64_t last_commit_ms;
+    spool_dbid end_id;         /* database file when the WAL last ended (delete/truncate) */
 } ship_record;
 
 typedef struct shipstate {

@@ -116,6 +116,17 @@ static void note_header(ws_file *f, const walidx_hdr *h) {
     shipper_nudge(f->sh);
 }
 
+/* The identity of the database file now (zeros if it cannot be read). */
+static void db_identity(shipper *sh, spool_dbid *id) {
+    struct stat st;
+    memset(id, 0, sizeof *id);
+    if (stat(shipper_db_path(sh), &st) != 0) return;
+    id->dev = (uint64_t)st.st_dev;
+    id->ino = (uint64_t)st.st_ino;
+    id->size = (uint64_t)st.st_size;
+    id->ctime_ns = (int64_t)st.st_ctim.tv_sec * 1000000000 + st.st_ctim.tv_nsec;
+}
+
 /* ---- materialisation ------------------------------------------------------- */
 /* Reads n bytes at off from the WAL, through SQLite's handle or a plain fd. */
 typedef struct wal_source {
@@ -193,8 +204,10 @@ static int materialize(ws_file *f, const wal_source *src, uint32_t salt1, uint32
         wrote = 1;
     }
     free(buf);
-    uint8_t rec[SPOOL_REC_OVERHEAD + 24];
-    size_t n = spool_rec_encode_end(rec, salt1, salt2, mx, reason, ws_now_ms());
+    uint8_t rec[SPOOL_REC_OVERHEAD + SPOOL_END_PAYLOAD];
+    spool_dbid id;
+    db_identity(f->sh, &id);
+    size_t n = spool_rec_encode_end(rec, salt1, salt2, mx, reason, ws_now_ms(), &id);
     if (spool_append(sp, rec, n, reason != SPOOL_END_RESTART, &err) != 0) {
         shipper_report_error(f->sh, "spool append failed: %s", err.msg);
         return err.code == WALSHIP_ERR_NOSPACE ? SQLITE_FULL : SQLITE_IOERR_WRITE;
@@ -254,8 +267,10 @@ static int on_wal_header(ws_file *w, const uint8_t *hdrbuf) {
         int rc = materialize(db, &src, s1, s2, committed_mx(db, s1, s2), SPOOL_END_RESTART);
         if (rc != SQLITE_OK) return rc;
     }
-    uint8_t rec[SPOOL_REC_OVERHEAD + 40];
-    size_t n = spool_rec_encode_begin(rec, hdrbuf, ws_now_ms());
+    uint8_t rec[SPOOL_REC_OVERHEAD + SPOOL_BEGIN_PAYLOAD];
+    spool_dbid id;
+    db_identity(db->sh, &id);
+    size_t n = spool_rec_encode_begin(rec, hdrbuf, ws_now_ms(), &id);
     wserr err = {0};
     spool *sp = shipper_spool(db->sh);
     if (spool_append(sp, rec, n, 1, &err) != 0) {
