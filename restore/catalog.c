@@ -79,10 +79,11 @@ int catalog_load(store *st, catalog *out, wserr *err) {
         }
     }
     store_objlist_free(&l);
-    qsort(out->gens, out->ngens, sizeof *out->gens, cmp_gen);
+    if (out->ngens > 1) qsort(out->gens, out->ngens, sizeof *out->gens, cmp_gen);
     for (size_t i = 0; i < out->ngens; i++) {
-        qsort(out->gens[i].snaps, out->gens[i].nsnaps, sizeof(cat_snap), cmp_snap);
-        qsort(out->gens[i].segs, out->gens[i].nsegs, sizeof(cat_seg), cmp_seg);
+        cat_gen *g = &out->gens[i];
+        if (g->nsnaps > 1) qsort(g->snaps, g->nsnaps, sizeof *g->snaps, cmp_snap);
+        if (g->nsegs > 1) qsort(g->segs, g->nsegs, sizeof *g->segs, cmp_seg);
     }
     return 0;
 nomem:

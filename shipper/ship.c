@@ -204,7 +204,11 @@ static int64_t commit_time_for(ship_state *ss, uint32_t frame) {
     int i = 0;
     while (i < ss->nwm && ss->wm[i].mx < frame) i++;
     if (i < ss->nwm) t = ss->wm[i].time_ms;
-    if (t == 0) t = ss->last_time_ms ? ss->last_time_ms : ws_now_ms();
+    /* A commit no watermark covers (seen only through the shared memory,
+    ** or recovered after a crash) is timed when it is consumed: never
+    ** earlier than it happened, so a restore "as of T" never shows it
+    ** before it existed. */
+    if (t == 0) t = ws_now_ms();
     if (t < ss->last_time_ms) t = ss->last_time_ms;
     /* Forget watermarks whose frames are all consumed. */
     int k = 0;
@@ -756,7 +760,7 @@ static int load_queue(shipper *sh, wserr *err) {
         }
     }
     closedir(d);
-    qsort(ss->queue, (size_t)ss->nqueue, sizeof *ss->queue, cmp_queued);
+    if (ss->nqueue > 1) qsort(ss->queue, (size_t)ss->nqueue, sizeof *ss->queue, cmp_queued);
     return 0;
 }
 

@@ -443,6 +443,8 @@ out:
     return rc;
 }
 
+static int64_t j_finish_since(const snapjob *j) { return j->finish_since; }
+
 /* Has consumption reached the commit point the shared memory shows now? */
 static int caught_up(shipper *sh, wserr *err, int *done) {
     ship_state *ss = &sh->ss;
@@ -456,7 +458,14 @@ static int caught_up(shipper *sh, wserr *err, int *done) {
     if (walidx_salt1(&ih) != ss->cur.salt1 || walidx_salt2(&ih) != ss->cur.salt2)
         return 0; /* the WAL moved on: its records are on their way */
     if (ss->cur.flags & WS_WALPOS_ENDED) return 0;
-    if (ih.mx_frame > ss->pending_mx) ss->pending_mx = ih.mx_frame;
+    if (ih.mx_frame > ss->pending_mx) {
+        /* Committed, but its watermark is not in the spool yet: the writer
+        ** appends it before releasing the write lock, a moment from now.
+        ** Waiting for it keeps commit times exact; a commit that never gets
+        ** one (a writer outside walship) is read after a grace period. */
+        if (ws_mono_ms() - j_finish_since(ss->snap) < 1000) return 0;
+        ss->pending_mx = ih.mx_frame;
+    }
     int rc = ship_read_wal_frames(sh, ss->pending_mx, err);
     if (rc) return rc;
     *done = ss->cur.frame >= ih.mx_frame && !ss->tx_open;

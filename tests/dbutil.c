@@ -1,0 +1,187 @@
+/*
+** dbutil.c -- see dbutil.h.
+*/
+#include "dbutil.h"
+
+#include <signal.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
+#include "harness.h"
+#include "restore/restore.h"
+#include "walship.h"
+
+void db_register(void) {
+    static int done;
+    if (!done) {
+        CHECK_EQ(walship_register(NULL, 0), SQLITE_OK);
+        done = 1;
+    }
+}
+
+sqlite3 *db_open_walship(const char *path, const char *url, const char *extra) {
+    db_register();
+    char *uri = sqlite3_mprintf("file:%s?walship_url=%s%s%s", path, url, extra ? "&" : "",
+                                extra ? extra : "");
+    sqlite3 *db = NULL;
+    int rc = sqlite3_open_v2(uri, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_URI,
+                             "walship");
+    if (rc != SQLITE_OK)
+        ws_test_fail(__FILE__, __LINE__, "open %s through walship: %s", uri,
+                     db ? sqlite3_errmsg(db) : "?");
+    sqlite3_free(uri);
+    sqlite3_busy_timeout(db, 10000);
+    return db;
+}
+
+sqlite3 *db_open_plain(const char *path, int readonly) {
+    sqlite3 *db = NULL;
+    int flags = readonly ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE;
+    if (sqlite3_open_v2(path, &db, flags, NULL) != SQLITE_OK)
+        ws_test_fail(__FILE__, __LINE__, "open %s: %s", path, db ? sqlite3_errmsg(db) : "?");
+    sqlite3_busy_timeout(db, 10000);
+    return db;
+}
+
+void db_exec(sqlite3 *db, const char *sql) {
+    char *err = NULL;
+    if (sqlite3_exec(db, sql, NULL, NULL, &err) != SQLITE_OK)
+        ws_test_fail(__FILE__, __LINE__, "%s: %s", sql, err ? err : "?");
+}
+
+int db_try_exec(sqlite3 *db, const char *sql) { return sqlite3_exec(db, sql, NULL, NULL, NULL); }
+
+int64_t db_int(sqlite3 *db, const char *sql) {
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
+        ws_test_fail(__FILE__, __LINE__, "%s: %s", sql, sqlite3_errmsg(db));
+    int64_t v = -1;
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW)
+        v = sqlite3_column_int64(st, 0);
+    else if (rc != SQLITE_DONE)
+        ws_test_fail(__FILE__, __LINE__, "%s: %s", sql, sqlite3_errmsg(db));
+    sqlite3_finalize(st);
+    return v;
+}
+
+uint64_t db_content_hash(sqlite3 *db) {
+    XXH3_state_t *x = XXH3_createState();
+    XXH3_64bits_reset(x);
+    sqlite3_stmt *tabs = NULL;
+    if (sqlite3_prepare_v2(db,
+                           "SELECT name, sql FROM sqlite_schema WHERE type IN "
+                           "('table','index','view','trigger') AND name NOT LIKE 'sqlite_%' "
+                           "ORDER BY type, name",
+                           -1, &tabs, NULL) != SQLITE_OK)
+        ws_test_fail(__FILE__, __LINE__, "schema: %s", sqlite3_errmsg(db));
+    while (sqlite3_step(tabs) == SQLITE_ROW) {
+        const char *name = (const char *)sqlite3_column_text(tabs, 0);
+        const char *sql = (const char *)sqlite3_column_text(tabs, 1);
+        if (sql) XXH3_64bits_update(x, sql, strlen(sql));
+        if (sql == NULL || strncmp(sql, "CREATE TABLE", 12) != 0) continue;
+        char *q = sqlite3_mprintf("SELECT * FROM \"%w\" ORDER BY rowid", name);
+        sqlite3_stmt *rows = NULL;
+        if (sqlite3_prepare_v2(db, q, -1, &rows, NULL) != SQLITE_OK)
+            ws_test_fail(__FILE__, __LINE__, "%s: %s", q, sqlite3_errmsg(db));
+        sqlite3_free(q);
+        while (sqlite3_step(rows) == SQLITE_ROW) {
+            int n = sqlite3_column_count(rows);
+            for (int i = 0; i < n; i++) {
+                int t = sqlite3_column_type(rows, i);
+                XXH3_64bits_update(x, &t, sizeof t);
+                const void *b = sqlite3_column_blob(rows, i);
+                int len = sqlite3_column_bytes(rows, i);
+                if (b && len) XXH3_64bits_update(x, b, (size_t)len);
+            }
+        }
+        sqlite3_finalize(rows);
+    }
+    sqlite3_finalize(tabs);
+    uint64_t h = XXH3_64bits_digest(x);
+    XXH3_freeState(x);
+    return h;
+}
+
+int files_equal(const char *a, const char *b) {
+    FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
+    int same = fa && fb;
+    while (same) {
+        char ba[65536], bb[65536];
+        size_t na = fread(ba, 1, sizeof ba, fa), nb = fread(bb, 1, sizeof bb, fb);
+        if (na != nb || memcmp(ba, bb, na) != 0) same = 0;
+        if (na == 0) break;
+    }
+    if (fa) fclose(fa);
+    if (fb) fclose(fb);
+    return same;
+}
+
+int db_restore(const char *url, const char *out, int kind, uint64_t txid, int64_t time_ms,
+               char *msg, size_t msglen) {
+    restore_opts o;
+    memset(&o, 0, sizeof o);
+    o.url = url;
+    o.out_path = out;
+    o.force = 1;
+    o.parallel = 4;
+    o.target.kind = kind;
+    o.target.txid = txid;
+    o.target.time_ms = time_ms;
+    restore_result res;
+    wserr err = {0};
+    int rc = ws_restore(&o, &res, &err);
+    if (msg) snprintf(msg, msglen, "%s", err.msg);
+    return rc;
+}
+
+void db_txid_range(const char *url, uint64_t *first, uint64_t *last) {
+    store *st = NULL;
+    wserr err = {0};
+    catalog cat = {0};
+    CHECK_OK(store_open(url, &st, &err), &err);
+    CHECK_OK(catalog_load(st, &cat, &err), &err);
+    CHECK(cat.ngens > 0);
+    const cat_gen *g = &cat.gens[cat.ngens - 1];
+    *first = cat_gen_first_txid(g);
+    *last = cat_gen_last_txid(g);
+    catalog_free(&cat);
+    store_free(st);
+}
+
+pid_t child_spawn(const char *const args[]) {
+    char *argv[64];
+    int n = 0;
+    argv[n++] = (char *)"/proc/self/exe";
+    for (; args[n - 1] && n < 63; n++) argv[n] = (char *)args[n - 1];
+    argv[n] = NULL;
+    pid_t pid = 0;
+    extern char **environ;
+    int rc = posix_spawn(&pid, "/proc/self/exe", NULL, NULL, argv, environ);
+    if (rc != 0) ws_test_fail(__FILE__, __LINE__, "posix_spawn failed: %d", rc);
+    return pid;
+}
+
+pid_t child_start(int (*fn)(void *), void *arg) {
+    fflush(NULL);
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) _exit(fn(arg));
+    return pid;
+}
+
+int child_wait(pid_t pid) {
+    int st = 0;
+    while (waitpid(pid, &st, 0) < 0) {
+    }
+    if (WIFEXITED(st)) return WEXITSTATUS(st);
+    if (WIFSIGNALED(st)) return 128 + WTERMSIG(st);
+    return -1;
+}

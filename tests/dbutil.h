@@ -1,0 +1,57 @@
+/*
+** dbutil.h -- database helpers shared by the pipeline and replica tests:
+** opening through walship, logical content hashes, byte comparisons,
+** restores, and child processes.
+*/
+#ifndef WS_TEST_DBUTIL_H
+#define WS_TEST_DBUTIL_H
+
+#include <sqlite3.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+/* Registers walship once (walship_register(NULL, 0)). */
+void db_register(void);
+
+/* Opens path through the walship VFS shipping to url; extra is appended to
+** the URI query ("walship_ship_interval=0&..."), may be NULL. Fails the test
+** on error. */
+sqlite3 *db_open_walship(const char *path, const char *url, const char *extra);
+/* Opens path with the default VFS (no walship). */
+sqlite3 *db_open_plain(const char *path, int readonly);
+
+/* Runs SQL, failing the test on error. */
+void db_exec(sqlite3 *db, const char *sql);
+/* Runs SQL; returns the SQLite result code (no failure). */
+int db_try_exec(sqlite3 *db, const char *sql);
+/* First column of the first row as an integer (-1 if no row). */
+int64_t db_int(sqlite3 *db, const char *sql);
+
+/* A hash of the logical content: every table (by name) and its rows (by
+** rowid), every column's type and bytes, plus the schema. */
+uint64_t db_content_hash(sqlite3 *db);
+
+/* 1 if the two files have identical bytes. */
+int files_equal(const char *a, const char *b);
+
+/* Restores url into out (replacing it) as of the latest state (kind 0),
+** txid (1) or time_ms (2). Returns the walship error code; the message is
+** copied into msg (if not NULL). */
+int db_restore(const char *url, const char *out, int kind, uint64_t txid, int64_t time_ms,
+               char *msg, size_t msglen);
+
+/* The TXID range [first, last] restorable from the newest generation. */
+void db_txid_range(const char *url, uint64_t *first, uint64_t *last);
+
+/* Runs this test program again as a child process (clean: no threads or
+** walship state inherited) with the given arguments (NULL-terminated; the
+** program name is added). Returns its pid. */
+pid_t child_spawn(const char *const args[]);
+
+/* Forks a child running fn(arg); returns its pid. The child exits with
+** fn's return value (and never returns from here). */
+pid_t child_start(int (*fn)(void *), void *arg);
+/* Waits for a child; returns its exit status, or 128+signal. */
+int child_wait(pid_t pid);
+
+#endif
