@@ -4,7 +4,6 @@
 */
 #include "wal.h"
 
-#include <stdatomic.h>
 #include <string.h>
 
 #include "../common/util.h"
@@ -123,7 +122,7 @@ int walidx_hdr_read(const volatile void *shm, walidx_hdr *out) {
     ** complete header. */
     uint8_t a[WALIDX_HDR_SIZE], b[WALIDX_HDR_SIZE];
     for (int i = 0; i < WALIDX_HDR_SIZE; i++) a[i] = p[i];
-    atomic_thread_fence(memory_order_seq_cst);
+    __sync_synchronize(); /* what SQLite's walShmBarrier does between the copies */
     for (int i = 0; i < WALIDX_HDR_SIZE; i++) b[i] = p[WALIDX_HDR_SIZE + i];
     if (memcmp(a, b, WALIDX_HDR_SIZE) != 0) return -1;
     memcpy(&h1, a, sizeof h1);

@@ -72,10 +72,14 @@ struct spool {
 #define RLX memory_order_relaxed
 
 /* ---- seqlocks -------------------------------------------------------------- */
+/* Single-writer seqlocks without fences (ThreadSanitizer does not model
+** fences): the writer makes the counter odd, stores the fields with release
+** semantics, then makes it even with release; the reader loads the counter
+** and the fields with acquire, then the counter again. A reader that sees a
+** new field value therefore also sees the odd counter and retries. */
 static void seq_write_begin(_Atomic uint32_t *lk) {
     uint32_t s = atomic_load_explicit(lk, RLX);
     atomic_store_explicit(lk, s + 1, RLX);
-    atomic_thread_fence(memory_order_release);
 }
 static void seq_write_end(_Atomic uint32_t *lk) {
     uint32_t s = atomic_load_explicit(lk, RLX);
@@ -88,9 +92,10 @@ static uint32_t seq_read_begin(_Atomic uint32_t *lk) {
     return s;
 }
 static int seq_read_retry(_Atomic uint32_t *lk, uint32_t s) {
-    atomic_thread_fence(memory_order_acquire);
     return atomic_load_explicit(lk, RLX) != s;
 }
+#define SEQ_ST memory_order_release /* field stores inside a write section */
+#define SEQ_LD memory_order_acquire /* field loads inside a read section */
 
 /* ---- paths ----------------------------------------------------------------- */
 static int log_path(const spool *sp, uint64_t seq, char *out, size_t n) {
@@ -302,7 +307,7 @@ static int rebuild_ctl(spool *sp, wserr *err) {
     atomic_store(&c->shipped_salt2, s2);
     atomic_store(&c->shipped_frame, sf);
     atomic_store(&c->shipped_check, shipped_check(s1, s2, sf));
-    atomic_thread_fence(memory_order_seq_cst);
+    atomic_store(&c->log_lock, 0); /* a full barrier before the magic */
     c->magic = CTL_MAGIC;
 out:
     wsbuf_free(&buf);
@@ -392,8 +397,8 @@ const char *spool_path(const spool *sp) { return sp->dir; }
 /* ---- producer -------------------------------------------------------------- */
 static void publish_end(spool *sp, uint64_t seq, uint64_t end) {
     seq_write_begin(&sp->ctl->log_lock);
-    atomic_store_explicit(&sp->ctl->log_seq, seq, RLX);
-    atomic_store_explicit(&sp->ctl->log_end, end, RLX);
+    atomic_store_explicit(&sp->ctl->log_seq, seq, SEQ_ST);
+    atomic_store_explicit(&sp->ctl->log_end, end, SEQ_ST);
     seq_write_end(&sp->ctl->log_lock);
 }
 
@@ -474,9 +479,9 @@ void spool_shipped_get(spool *sp, uint32_t *s1, uint32_t *s2, uint32_t *frame) {
     uint32_t s;
     do {
         s = seq_read_begin(&c->ship_lock);
-        *s1 = atomic_load_explicit(&c->shipped_salt1, RLX);
-        *s2 = atomic_load_explicit(&c->shipped_salt2, RLX);
-        *frame = atomic_load_explicit(&c->shipped_frame, RLX);
+        *s1 = atomic_load_explicit(&c->shipped_salt1, SEQ_LD);
+        *s2 = atomic_load_explicit(&c->shipped_salt2, SEQ_LD);
+        *frame = atomic_load_explicit(&c->shipped_frame, SEQ_LD);
     } while (seq_read_retry(&c->ship_lock, s));
 }
 
@@ -486,8 +491,8 @@ void spool_end(spool *sp, spool_pos *out) {
     uint32_t s;
     do {
         s = seq_read_begin(&c->log_lock);
-        out->seq = atomic_load_explicit(&c->log_seq, RLX);
-        out->off = atomic_load_explicit(&c->log_end, RLX);
+        out->seq = atomic_load_explicit(&c->log_seq, SEQ_LD);
+        out->off = atomic_load_explicit(&c->log_end, SEQ_LD);
     } while (seq_read_retry(&c->log_lock, s));
 }
 
@@ -572,29 +577,29 @@ void spool_trim(spool *sp, spool_pos pos) {
 void spool_shipped_set(spool *sp, uint32_t s1, uint32_t s2, uint32_t frame) {
     struct ctl_block *c = sp->ctl;
     seq_write_begin(&c->ship_lock);
-    atomic_store_explicit(&c->shipped_salt1, s1, RLX);
-    atomic_store_explicit(&c->shipped_salt2, s2, RLX);
-    atomic_store_explicit(&c->shipped_frame, frame, RLX);
-    atomic_store_explicit(&c->shipped_check, shipped_check(s1, s2, frame), RLX);
+    atomic_store_explicit(&c->shipped_salt1, s1, SEQ_ST);
+    atomic_store_explicit(&c->shipped_salt2, s2, SEQ_ST);
+    atomic_store_explicit(&c->shipped_frame, frame, SEQ_ST);
+    atomic_store_explicit(&c->shipped_check, shipped_check(s1, s2, frame), SEQ_ST);
     seq_write_end(&c->ship_lock);
 }
 
 void spool_status_set(spool *sp, const spool_status *st) {
     struct ctl_block *c = sp->ctl;
     seq_write_begin(&c->ship_lock);
-    atomic_store_explicit(&c->st_heartbeat_ms, st->heartbeat_ms, RLX);
-    atomic_store_explicit(&c->st_pid, st->pid, RLX);
-    atomic_store_explicit(&c->st_generation, st->generation, RLX);
-    atomic_store_explicit(&c->st_txid, st->txid, RLX);
-    atomic_store_explicit(&c->st_shipped_txid, st->shipped_txid, RLX);
-    atomic_store_explicit(&c->st_oldest_ms, st->oldest_unshipped_ms, RLX);
-    atomic_store_explicit(&c->st_up_seq, st->uploaded.seq, RLX);
-    atomic_store_explicit(&c->st_up_off, st->uploaded.off, RLX);
-    atomic_store_explicit(&c->st_queue_bytes, st->queue_bytes, RLX);
+    atomic_store_explicit(&c->st_heartbeat_ms, st->heartbeat_ms, SEQ_ST);
+    atomic_store_explicit(&c->st_pid, st->pid, SEQ_ST);
+    atomic_store_explicit(&c->st_generation, st->generation, SEQ_ST);
+    atomic_store_explicit(&c->st_txid, st->txid, SEQ_ST);
+    atomic_store_explicit(&c->st_shipped_txid, st->shipped_txid, SEQ_ST);
+    atomic_store_explicit(&c->st_oldest_ms, st->oldest_unshipped_ms, SEQ_ST);
+    atomic_store_explicit(&c->st_up_seq, st->uploaded.seq, SEQ_ST);
+    atomic_store_explicit(&c->st_up_off, st->uploaded.off, SEQ_ST);
+    atomic_store_explicit(&c->st_queue_bytes, st->queue_bytes, SEQ_ST);
     for (int i = 0; i < 32; i++) {
         uint64_t w;
         memcpy(&w, st->last_error + i * 8, 8);
-        atomic_store_explicit(&c->st_err[i], w, RLX);
+        atomic_store_explicit(&c->st_err[i], w, SEQ_ST);
     }
     seq_write_end(&c->ship_lock);
 }
@@ -604,17 +609,17 @@ void spool_status_get(spool *sp, spool_status *o) {
     uint32_t s;
     do {
         s = seq_read_begin(&c->ship_lock);
-        o->heartbeat_ms = atomic_load_explicit(&c->st_heartbeat_ms, RLX);
-        o->pid = atomic_load_explicit(&c->st_pid, RLX);
-        o->generation = atomic_load_explicit(&c->st_generation, RLX);
-        o->txid = atomic_load_explicit(&c->st_txid, RLX);
-        o->shipped_txid = atomic_load_explicit(&c->st_shipped_txid, RLX);
-        o->oldest_unshipped_ms = atomic_load_explicit(&c->st_oldest_ms, RLX);
-        o->uploaded.seq = atomic_load_explicit(&c->st_up_seq, RLX);
-        o->uploaded.off = atomic_load_explicit(&c->st_up_off, RLX);
-        o->queue_bytes = atomic_load_explicit(&c->st_queue_bytes, RLX);
+        o->heartbeat_ms = atomic_load_explicit(&c->st_heartbeat_ms, SEQ_LD);
+        o->pid = atomic_load_explicit(&c->st_pid, SEQ_LD);
+        o->generation = atomic_load_explicit(&c->st_generation, SEQ_LD);
+        o->txid = atomic_load_explicit(&c->st_txid, SEQ_LD);
+        o->shipped_txid = atomic_load_explicit(&c->st_shipped_txid, SEQ_LD);
+        o->oldest_unshipped_ms = atomic_load_explicit(&c->st_oldest_ms, SEQ_LD);
+        o->uploaded.seq = atomic_load_explicit(&c->st_up_seq, SEQ_LD);
+        o->uploaded.off = atomic_load_explicit(&c->st_up_off, SEQ_LD);
+        o->queue_bytes = atomic_load_explicit(&c->st_queue_bytes, SEQ_LD);
         for (int i = 0; i < 32; i++) {
-            uint64_t w = atomic_load_explicit(&c->st_err[i], RLX);
+            uint64_t w = atomic_load_explicit(&c->st_err[i], SEQ_LD);
             memcpy(o->last_error + i * 8, &w, 8);
         }
     } while (seq_read_retry(&c->ship_lock, s));
