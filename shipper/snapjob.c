@@ -50,6 +50,7 @@
 
 #define COPY_BYTES_PER_STEP ((uint64_t)32 << 20)
 #define FINISH_WAIT_MS 30000
+#define AHEAD_GRACE_MS 5000
 
 enum { J_COPY = 1, J_FINISH = 2 };
 
@@ -109,6 +110,7 @@ struct snapjob {
     uint8_t *buf;
     size_t bufcap;
     int64_t finish_since;
+    int64_t ahead_since; /* when shared memory first showed commits past the spool */
 };
 
 int snapjob_active(const snapjob *j) { return j != NULL; }
@@ -443,8 +445,6 @@ out:
     return rc;
 }
 
-static int64_t j_finish_since(const snapjob *j) { return j->finish_since; }
-
 /* Has consumption reached the commit point the shared memory shows now? */
 static int caught_up(shipper *sh, wserr *err, int *done) {
     ship_state *ss = &sh->ss;
@@ -463,9 +463,13 @@ static int caught_up(shipper *sh, wserr *err, int *done) {
         ** appends it before releasing the write lock, a moment from now.
         ** Waiting for it keeps commit times exact; a commit that never gets
         ** one (a writer outside walship) is read after a grace period. */
-        if (ws_mono_ms() - j_finish_since(ss->snap) < 1000) return 0;
+        snapjob *j = ss->snap;
+        int64_t now = ws_mono_ms();
+        if (j->ahead_since == 0) j->ahead_since = now;
+        if (now - j->ahead_since < AHEAD_GRACE_MS) return 0;
         ss->pending_mx = ih.mx_frame;
     }
+    ss->snap->ahead_since = 0;
     int rc = ship_read_wal_frames(sh, ss->pending_mx, err);
     if (rc) return rc;
     *done = ss->cur.frame >= ih.mx_frame && !ss->tx_open;
