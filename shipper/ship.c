@@ -122,6 +122,7 @@ void ship_state_free(ship_state *ss) {
     store_free(ss->st);
     free(ss->queue);
     free(ss->framebuf);
+    free(ss->wm);
     wsbuf_free(&ss->recbuf);
     memset(ss, 0, sizeof *ss);
 }
@@ -223,10 +224,17 @@ static int64_t commit_time_for(ship_state *ss, uint32_t frame) {
 
 static void note_watermark_time(ship_state *ss, uint32_t mx, int64_t t) {
     if (ss->nwm > 0 && ss->wm[ss->nwm - 1].mx >= mx) return;
-    if (ss->nwm == WM_TIMES_MAX) {
-        /* Keep the newest: older commits get a slightly later time. */
-        memmove(ss->wm, ss->wm + 1, (WM_TIMES_MAX - 1) * sizeof ss->wm[0]);
-        ss->nwm--;
+    if (ss->nwm == ss->wm_cap) {
+        int cap = ss->wm_cap ? ss->wm_cap * 2 : 64;
+        wm_time *w = cap <= WM_TIMES_MAX ? realloc(ss->wm, (size_t)cap * sizeof *w) : NULL;
+        if (w == NULL) {
+            /* Out of room: the newest commit takes this later time, which
+            ** is never earlier than it happened. */
+            ss->wm[ss->nwm - 1].mx = mx;
+            return;
+        }
+        ss->wm = w;
+        ss->wm_cap = cap;
     }
     ss->wm[ss->nwm].mx = mx;
     ss->wm[ss->nwm].time_ms = t;

@@ -27,7 +27,7 @@ typedef struct wm_time {
     uint32_t mx;
     int64_t time_ms;
 } wm_time;
-#define WM_TIMES_MAX 64
+#define WM_TIMES_MAX (1 << 20) /* one per commit of the current WAL, at most */
 
 /* A closed object waiting in <spool>/queue for upload. */
 typedef struct queued {
@@ -57,8 +57,8 @@ typedef struct ship_state {
     ws_walpos cur;             /* frame = last consumed; log pos = next record */
     int big_endian;
     uint32_t pending_mx;       /* highest committed frame of cur known */
-    wm_time wm[WM_TIMES_MAX];
-    int nwm;
+    wm_time *wm;               /* growable; oldest first */
+    int nwm, wm_cap;
     int64_t last_time_ms;
     spool_pos resume;          /* first record not fully applied */
     wsbuf recbuf;

@@ -444,7 +444,10 @@ static int wsShmLock(sqlite3_file *pFile, int offset, int n, int flags) {
     if (write_slot && (flags & SQLITE_SHM_UNLOCK) && f->holds_write) {
         /* Still holding WRITE: the header is stable and final. */
         walidx_hdr h;
-        if (read_idx_hdr(f, &h) == 0) note_header(f, &h);
+        if (read_idx_hdr(f, &h) == 0)
+            note_header(f, &h);
+        else
+            WS_DEBUG("write_release_unreadable", "db=%s shm=%p", f->path, (const void *)f->shm0);
         f->holds_write = 0;
         f->have_at_write = 0;
     }
