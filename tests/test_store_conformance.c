@@ -810,9 +810,13 @@ static void case_invalid_keys(void) {
         CHECK_RC(store_delete_many(B->s, batch, 2, err), WALSHIP_ERR_INVALID, err);
         check_content(K("good"), "g", 1);
     }
-    static const char *const good[] = {"a", "a/b", ".a", "..a", "a..", "a/.b", "a/...", "a/"};
+    static const char *const good[] = {"a", "a/b", ".a", "..a", "a..", "a/.b", "a/...", "\xc3\xbc"};
     for (size_t i = 0; i < sizeof good / sizeof *good; i++)
         CHECK(store_key_valid(good[i]));
+    /* folder markers and broken UTF-8 are refused by every backend alike */
+    static const char *const refused[] = {"a/", "a//b", "\xc3", "\xff", "a/\x80" "b"};
+    for (size_t i = 0; i < sizeof refused / sizeof *refused; i++)
+        CHECK(!store_key_valid(refused[i]));
     /* prefixes that no valid key can have list nothing (and never escape) */
     store_objlist l = {0};
     const char *noprefix[] = {"../", "/", "./", "a//", "..", "/etc"};
