@@ -99,6 +99,10 @@ int cmd_verify(int argc, char **argv) {
         int r = parse_target("verify", argc, argv, &i, &o.target);
         if (r == 0) continue;
         if (r > 0) return r;
+        if (strcmp(argv[i], "--quiet") == 0) {
+            o.progress = 0;
+            continue;
+        }
         if (argv[i][0] == '-') return cli_usage("verify", "unknown option %s", argv[i]);
         if (o.url) return cli_usage("verify", "unexpected argument \"%s\"", argv[i]);
         o.url = argv[i];
