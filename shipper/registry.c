@@ -260,11 +260,13 @@ const ws_config *shipper_config(shipper *sh) { return &sh->cfg; }
 const char *shipper_db_path(shipper *sh) { return sh->db_path; }
 
 void shipper_nudge(shipper *sh) {
-    /* Called on every commit: no lock. A ship interval of 0 wants the
-    ** commit shipped now; otherwise the step comes at its due time anyway
-    ** and the flag just says "there is news". */
-    atomic_store(&sh->nudged, 1);
-    if (sh->cfg.ship_interval_ms == 0) pthread_cond_signal(&pool.cv);
+    /* Called on every commit: no lock, and normally nothing at all. Only a
+    ** ship interval of 0 wants each commit shipped at once; otherwise the
+    ** step comes at its own pace (it polls the spool's end, which costs a
+    ** memory read) and waking a thread per commit would only burn CPU the
+    ** application needs. */
+    if (sh->cfg.ship_interval_ms != 0) return;
+    if (atomic_exchange(&sh->nudged, 1) == 0) pthread_cond_signal(&pool.cv);
 }
 
 int shipper_flush(shipper *sh, int64_t timeout_ms) {
