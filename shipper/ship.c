@@ -295,6 +295,8 @@ static int consume_frame(shipper *sh, const uint8_t *frame, uint32_t index, wser
 
     /* Commit frame: the transaction is whole. */
     int64_t t = commit_time_for(ss, index);
+    WS_DEBUG("commit", "txid=%llu salt1=%08x frame=%u time=%lld fold=%d nwm=%d",
+             (unsigned long long)ss->next_txid, ss->cur.salt1, index, (long long)t, fold, ss->nwm);
     if (!fold) {
         if (ws_rolling_commit(&ss->hs.r, fh.commit_size))
             return wserr_set(err, WALSHIP_ERR_NOMEM, "out of memory for page hashes");
@@ -1021,7 +1023,7 @@ int64_t ship_step(shipper *sh) {
             return fail_backoff(sh, &err);
         }
         ss->phase = PH_RUN;
-        ss->next_retention_mono = now + 5000;
+        ss->next_retention_mono = now + (sh->cfg.retention_ms / 4 < 5000 ? sh->cfg.retention_ms / 4 : 5000);
     }
 
     int64_t deadline = now + STEP_MAX_MS;
@@ -1062,7 +1064,10 @@ int64_t ship_step(shipper *sh) {
         wserr rerr = {0};
         if (retention_run(sh, &rerr) != 0)
             WS_WARN("retention_failed", "db=%s err=\"%s\"", sh->db_path, rerr.msg);
-        ss->next_retention_mono = ws_mono_ms() + RETENTION_EVERY_MS;
+        /* Every ten minutes, or four times per window if that is shorter. */
+        int64_t every = sh->cfg.retention_ms / 4;
+        if (every > RETENTION_EVERY_MS || every <= 0) every = RETENTION_EVERY_MS;
+        ss->next_retention_mono = ws_mono_ms() + every;
     }
     /* Records before the durable resume position are never read again. */
     spool_trim(sh->sp, (spool_pos){ss->rec.pos.log_seq, ss->rec.pos.log_off});
