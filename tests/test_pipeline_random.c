@@ -12,7 +12,7 @@
 **     a higher TXID never shows an older seq;
 **   - 20+ random times: the seq is one that could have been committed by then.
 **
-** ctest-labels: pipeline
+** ctest-labels: pipeline s3
 ** ctest-timeout: 600
 */
 #include <inttypes.h>
@@ -205,5 +205,8 @@ int main(void) {
     run("p4096", 4096, 400, NULL);
     run("p512", 512, 250, NULL);
     run("p65536", 65536, 120, NULL);
+    /* The same through a real S3 server (Ceph RGW under scripts/test). */
+    if (getenv("WALSHIP_TEST_S3_URL") || getenv("WALSHIP_TEST_REQUIRE_S3"))
+        run("s3", 4096, 150, ws_test_s3_url("random"));
     return 0;
 }
