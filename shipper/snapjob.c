@@ -110,7 +110,10 @@ struct snapjob {
     uint8_t *buf;
     size_t bufcap;
     int64_t finish_since;
-    int64_t ahead_since; /* when shared memory first showed commits past the spool */
+    int64_t ahead_since;   /* when the catch-up target was taken */
+    int target_set;        /* the commit point to reach before finishing */
+    int target_wal_seen;
+    uint32_t target_salt1, target_salt2, target_mx;
 };
 
 int snapjob_active(const snapjob *j) { return j != NULL; }
@@ -445,34 +448,56 @@ out:
     return rc;
 }
 
-/* Has consumption reached the commit point the shared memory shows now? */
+/* Has consumption reached the commit point the shared memory showed when
+** the copy ended? The target is taken once: later commits do not move it,
+** so a busy database cannot keep a snapshot from finishing. */
 static int caught_up(shipper *sh, wserr *err, int *done) {
     ship_state *ss = &sh->ss;
+    snapjob *j = ss->snap;
     *done = 0;
+    if (!j->target_set) {
+        walidx_hdr ih;
+        if (ship_read_shm_header(sh, &ih) != 0 || ih.mx_frame == 0) {
+            /* No shared memory (no connection anywhere): no checkpoint can
+            ** have run; the consumed position is the image's. */
+            *done = !ss->tx_open;
+            return 0;
+        }
+        j->target_salt1 = walidx_salt1(&ih);
+        j->target_salt2 = walidx_salt2(&ih);
+        j->target_mx = ih.mx_frame;
+        j->target_set = 1;
+        j->ahead_since = ws_mono_ms();
+    }
     if (ss->tx_open) return 0;
-    walidx_hdr ih;
-    if (ship_read_shm_header(sh, &ih) != 0 || ih.mx_frame == 0) {
-        *done = 1; /* no shared memory: no checkpoint can run */
+    int in_target = ss->cur.salt1 == j->target_salt1 && ss->cur.salt2 == j->target_salt2;
+    if (in_target) j->target_wal_seen = 1;
+    if (!in_target) {
+        /* Either still in an older WAL (its end and the target's begin are
+        ** on their way) or already past the target's WAL. */
+        *done = j->target_wal_seen;
         return 0;
     }
-    if (walidx_salt1(&ih) != ss->cur.salt1 || walidx_salt2(&ih) != ss->cur.salt2)
-        return 0; /* the WAL moved on: its records are on their way */
-    if (ss->cur.flags & WS_WALPOS_ENDED) return 0;
-    if (ih.mx_frame > ss->pending_mx) {
-        /* Committed, but its watermark is not in the spool yet: the writer
-        ** appends it before releasing the write lock, a moment from now.
-        ** Waiting for it keeps commit times exact; a commit that never gets
-        ** one (a writer outside walship) is read after a grace period. */
-        snapjob *j = ss->snap;
-        int64_t now = ws_mono_ms();
-        if (j->ahead_since == 0) j->ahead_since = now;
-        if (now - j->ahead_since < AHEAD_GRACE_MS) return 0;
-        ss->pending_mx = ih.mx_frame;
+    if (ss->cur.frame >= j->target_mx) {
+        *done = 1;
+        return 0;
     }
-    ss->snap->ahead_since = 0;
+    if (ss->pending_mx < j->target_mx && !(ss->cur.flags & WS_WALPOS_ENDED)) {
+        /* Committed, but its watermark is not consumed yet: it is still in
+        ** the spool ahead of us, or about to be appended (the writer does so
+        ** before releasing the write lock). Waiting keeps commit times
+        ** exact. A commit that never gets one (a writer outside walship) is
+        ** read after a grace period with nothing left to consume. */
+        spool_pos end;
+        spool_end(shipper_spool(sh), &end);
+        if (spool_pos_cmp((spool_pos){ss->cur.log_seq, ss->cur.log_off}, end) < 0 ||
+            ws_mono_ms() - j->ahead_since < AHEAD_GRACE_MS)
+            return 0;
+        ss->pending_mx = j->target_mx;
+    }
     int rc = ship_read_wal_frames(sh, ss->pending_mx, err);
     if (rc) return rc;
-    *done = ss->cur.frame >= ih.mx_frame && !ss->tx_open;
+    *done = ss->cur.frame >= j->target_mx && !ss->tx_open;
     return 0;
 }
 
