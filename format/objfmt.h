@@ -81,6 +81,16 @@ int seg_writer_commit_tx(seg_writer *w, uint64_t txid, int64_t commit_ms, uint32
 /* Ends the segment (no transaction may be open); fills *hdr_out with the
 ** header written. The caller fsyncs and closes fd. */
 int seg_writer_finish(seg_writer *w, const ws_walpos *resume, seg_header *hdr_out, wserr *err);
+/* A durability point for a segment still being written: flushes the
+** compressed stream (every transaction so far becomes decodable) and writes
+** an "open" header at offset 0 (magic SEG_OPEN_MAGIC, the same fields as the
+** final header, with the compressed body length at offset 88). After the
+** caller syncs fd, a crash leaves a file seg_recover() can turn into a
+** complete segment holding every transaction up to this point. No
+** transaction may be open. */
+#define SEG_OPEN_MAGIC "WALSHOPN"
+int seg_writer_sync_point(seg_writer *w, const ws_walpos *resume, wserr *err);
+
 /* Bytes written to fd so far (compressed). */
 uint64_t seg_writer_bytes(const seg_writer *w);
 uint32_t seg_writer_ntx(const seg_writer *w);
@@ -112,6 +122,12 @@ int seg_iter_open(const uint8_t *obj, size_t n, seg_iter **out, wserr *err);
 const seg_header *seg_iter_header(const seg_iter *it);
 int seg_iter_next(seg_iter *it, seg_event *ev, wserr *err);
 void seg_iter_free(seg_iter *it);
+
+/* Rebuilds a complete segment from a segment file cut short after a
+** durability point (open header + flushed body): writes it into out_fd and
+** fills *hdr_out. WALSHIP_ERR_NOTFOUND if the file has no durability point. */
+int seg_recover(const uint8_t *file, size_t n, int out_fd, int zstd_level, seg_header *hdr_out,
+                wserr *err);
 
 /* Object key of a segment: "generations/<gen>/segments/<first>-<last>.seg". */
 void seg_key(char *out, size_t n, uint64_t generation, uint64_t first_txid, uint64_t last_txid);

@@ -161,9 +161,9 @@ int seg_writer_commit_tx(seg_writer *w, uint64_t txid, int64_t commit_ms, uint32
     return 0;
 }
 
-static void encode_header(uint8_t *b, const seg_header *h) {
+static void encode_header_magic(uint8_t *b, const seg_header *h, const char *magic) {
     memset(b, 0, SEG_HEADER_SIZE);
-    memcpy(b, SEG_MAGIC, 8);
+    memcpy(b, magic, 8);
     ws_put_be32(b + 8, SEG_VERSION);
     ws_put_be32(b + 12, SEG_HEADER_SIZE);
     ws_put_be32(b + 16, h->page_size);
@@ -180,6 +180,32 @@ static void encode_header(uint8_t *b, const seg_header *h) {
     ws_put_be64(b + 88, h->body_len);
     ws_walpos_encode(b + 96, &h->resume);
     ws_put_be64(b + 152, XXH3_64bits(b, 152));
+}
+
+static void encode_header(uint8_t *b, const seg_header *h) { encode_header_magic(b, h, SEG_MAGIC); }
+
+int seg_writer_sync_point(seg_writer *w, const ws_walpos *resume, wserr *err) {
+    if (w->in_tx || w->h.ntx == 0)
+        return wserr_set(err, WALSHIP_ERR_STATE, "segment: sync point %s",
+                         w->in_tx ? "inside a transaction" : "with no transactions");
+    ZSTD_inBuffer in = {NULL, 0, 0};
+    for (;;) {
+        ZSTD_outBuffer o = {w->out, w->outcap, 0};
+        size_t r = ZSTD_compressStream2(w->cctx, &o, &in, ZSTD_e_flush);
+        if (ZSTD_isError(r))
+            return wserr_set(err, WALSHIP_ERR_IO, "zstd compression failed: %s", ZSTD_getErrorName(r));
+        int rc = w_flush_out(w, o.pos, err);
+        if (rc) return rc;
+        if (r == 0) break;
+    }
+    seg_header h = w->h;
+    h.body_len = w->compressed; /* the open header records the flushed length */
+    h.resume = *resume;
+    uint8_t hdr[SEG_HEADER_SIZE];
+    encode_header_magic(hdr, &h, SEG_OPEN_MAGIC);
+    if (ws_pwrite_all(w->fd, hdr, sizeof hdr, 0) != 0)
+        return wserr_errno(err, wserr_from_errno(errno), errno, "write segment header");
+    return 0;
 }
 
 int seg_writer_finish(seg_writer *w, const ws_walpos *resume, seg_header *hdr_out, wserr *err) {
@@ -240,10 +266,18 @@ int seg_parse(const uint8_t *obj, size_t n, seg_header *h, wserr *err) {
     return 0;
 }
 
+static int parse_header_magic(const uint8_t *obj, size_t n, seg_header *h, const char *magic,
+                              wserr *err);
+
 int seg_parse_header(const uint8_t *obj, size_t n, seg_header *h, wserr *err) {
+    return parse_header_magic(obj, n, h, SEG_MAGIC, err);
+}
+
+static int parse_header_magic(const uint8_t *obj, size_t n, seg_header *h, const char *magic,
+                              wserr *err) {
     if (n < SEG_HEADER_SIZE)
         return wserr_set(err, WALSHIP_ERR_CORRUPT, "segment is %zu bytes, too short", n);
-    if (memcmp(obj, SEG_MAGIC, 8) != 0)
+    if (memcmp(obj, magic, 8) != 0)
         return wserr_set(err, WALSHIP_ERR_CORRUPT, "not a walship segment (bad magic)");
     if (ws_get_be32(obj + 8) != SEG_VERSION)
         return wserr_set(err, WALSHIP_ERR_CORRUPT,
@@ -288,6 +322,7 @@ struct seg_iter {
     uint64_t next_txid;
     uint32_t ntx_seen;
     int done;
+    int partial; /* a body cut after a flush: ends at the last transaction of the header */
 };
 
 #define ITER_BUF (256u * 1024u + 65536u + 64u)
@@ -347,7 +382,7 @@ static int need(seg_iter *it, size_t k, wserr *err) {
             XXH3_64bits_update(it->xxh, it->buf + it->end, o.pos);
             it->body_seen += o.pos;
             it->end += o.pos;
-            if (it->body_seen > it->h.body_len) {
+            if (!it->partial && it->body_seen > it->h.body_len) {
                 wserr_set(err, WALSHIP_ERR_CORRUPT, "segment body longer than its header says");
                 return -1;
             }
@@ -359,6 +394,10 @@ static int need(seg_iter *it, size_t k, wserr *err) {
                 return -1;
             }
         } else if (o.pos == 0 && it->in.pos == it->in.size) {
+            if (it->partial) {
+                it->frame_done = 1; /* the flushed prefix is all there is */
+                continue;
+            }
             wserr_set(err, WALSHIP_ERR_CORRUPT, "segment body is truncated");
             return -1;
         }
@@ -374,6 +413,13 @@ int seg_iter_next(seg_iter *it, seg_event *ev, wserr *err) {
     }
     int r = need(it, 1, err);
     if (r < 0) return WALSHIP_ERR_CORRUPT;
+    if (r == 0 && it->partial) {
+        if (it->in_tx || it->ntx_seen != it->h.ntx)
+            return wserr_set(err, WALSHIP_ERR_CORRUPT, "recovered segment body is incomplete");
+        it->done = 1;
+        ev->type = SEG_EV_END;
+        return 0;
+    }
     if (r == 0) {
         if (it->in_tx || it->ntx_seen != it->h.ntx || it->body_seen != it->h.body_len)
             return wserr_set(err, WALSHIP_ERR_CORRUPT,
@@ -445,4 +491,55 @@ void seg_iter_free(seg_iter *it) {
     XXH3_freeState(it->xxh);
     free(it->buf);
     free(it);
+}
+
+int seg_recover(const uint8_t *file, size_t n, int out_fd, int zstd_level, seg_header *hdr_out,
+                wserr *err) {
+    seg_header h;
+    if (n < SEG_HEADER_SIZE || memcmp(file, SEG_OPEN_MAGIC, 8) != 0)
+        return wserr_set(err, WALSHIP_ERR_NOTFOUND, "no durability point in the segment file");
+    int rc = parse_header_magic(file, n, &h, SEG_OPEN_MAGIC, err);
+    if (rc) return rc;
+    uint64_t clen = h.body_len;
+    if (clen > n - SEG_HEADER_SIZE)
+        return wserr_set(err, WALSHIP_ERR_CORRUPT, "segment file shorter than its durability point");
+    seg_iter *it = calloc(1, sizeof *it);
+    if (it == NULL) return wserr_set(err, WALSHIP_ERR_NOMEM, "out of memory");
+    it->h = h;
+    it->partial = 1;
+    it->dctx = ZSTD_createDCtx();
+    it->cap = ITER_BUF;
+    it->buf = malloc(it->cap);
+    it->xxh = XXH3_createState();
+    seg_writer *w = NULL;
+    if (it->dctx == NULL || it->buf == NULL || it->xxh == NULL) {
+        rc = wserr_set(err, WALSHIP_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    ZSTD_DCtx_setParameter(it->dctx, ZSTD_d_windowLogMax, 27);
+    XXH3_64bits_reset(it->xxh);
+    it->in.src = file + SEG_HEADER_SIZE;
+    it->in.size = (size_t)clen;
+    it->next_txid = h.first_txid;
+    rc = seg_writer_open(out_fd, h.page_size, h.generation, h.first_txid, h.pre_chk,
+                         h.db_pages_before, zstd_level, &w, err);
+    while (rc == 0) {
+        seg_event ev;
+        rc = seg_iter_next(it, &ev, err);
+        if (rc || ev.type == SEG_EV_END) break;
+        if (ev.type == SEG_EV_BEGIN)
+            rc = seg_writer_begin_tx(w, ev.txid, err);
+        else if (ev.type == SEG_EV_PAGE)
+            rc = seg_writer_page(w, ev.pgno, ev.page, err);
+        else
+            rc = seg_writer_commit_tx(w, ev.txid, ev.commit_ms, ev.db_pages, ev.npages,
+                                      ev.post_chk, err);
+    }
+    if (rc == 0 && (seg_writer_ntx(w) != h.ntx || w->h.post_chk != h.post_chk))
+        rc = wserr_set(err, WALSHIP_ERR_CORRUPT, "recovered segment does not match its header");
+    if (rc == 0) rc = seg_writer_finish(w, &h.resume, hdr_out, err);
+out:
+    seg_writer_free(w);
+    seg_iter_free(it);
+    return rc;
 }

@@ -55,6 +55,7 @@ enum { PH_UNELECTED = 0, PH_INIT = 1, PH_RUN = 2 };
 #define STEP_MAX_MS 200
 #define RETENTION_EVERY_MS (10 * 60 * 1000)
 #define BACKOFF_MAX_MS 30000
+#define SYNC_POINT_MS 100
 
 void *shipper_base_vfs(void);
 
@@ -82,21 +83,23 @@ void ship_state_init(ship_state *ss) {
     ss->hs.fd = -1;
 }
 
-static void close_segment_tmp(shipper *sh) {
+/* Drops the open segment from memory. The file stays: what it holds up to
+** its last durability point is recovered by recover_segment_tmp(). */
+static void drop_open_segment(shipper *sh) {
     ship_state *ss = &sh->ss;
     seg_writer_free(ss->segw);
     ss->segw = NULL;
     if (ss->seg_fd >= 0) close(ss->seg_fd);
     ss->seg_fd = -1;
-    char path[PATH_MAX];
-    if (spool_file(sh, "seg.tmp", path, sizeof path) == 0) unlink(path);
 }
+
+static int recover_segment_tmp(shipper *sh, int push, wserr *err);
 
 /* Drops every in-memory thing that is not durable; the next step re-reads
 ** the state from disk. */
 static void reset_volatile(shipper *sh) {
     ship_state *ss = &sh->ss;
-    close_segment_tmp(sh);
+    drop_open_segment(sh); /* start-up recovers its durable part */
     snapjob_free(ss->snap);
     ss->snap = NULL;
     shipstate_close(&ss->hs);
@@ -259,6 +262,8 @@ static int open_segment(shipper *sh, wserr *err) {
     }
     ss->seg_first_txid = ss->next_txid;
     ss->seg_opened_mono = ws_mono_ms();
+    ss->seg_synced_mono = ss->seg_opened_mono;
+    ss->seg_synced_ntx = 0;
     ss->seg_first_commit_ms = 0;
     return 0;
 }
@@ -404,8 +409,12 @@ static int break_continuity(shipper *sh, const char *why, wserr *err) {
     if (ss->segw && !ss->tx_open && seg_writer_ntx(ss->segw) > 0) {
         int rc = close_segment(sh, err);
         if (rc) return rc;
-    } else {
-        close_segment_tmp(sh);
+    } else if (ss->segw) {
+        /* Inside a transaction: keep what the last durability point made
+        ** safe (the VFS no longer holds copies of those frames). */
+        drop_open_segment(sh);
+        int rc = recover_segment_tmp(sh, 1, err);
+        if (rc) return rc;
     }
     snapjob_free(ss->snap);
     ss->snap = NULL;
@@ -660,6 +669,98 @@ static int segment_due(shipper *sh) {
     return 0;
 }
 
+/* A durability point for the open segment (format: seg_writer_sync_point):
+** once synced, its transactions survive a crash of this process, so the VFS
+** need not copy their frames before a WAL restart. Taken at most every
+** SYNC_POINT_MS while transactions arrive, which keeps that copy to about
+** that much WAL instead of a whole ship interval. */
+static int sync_point(shipper *sh, wserr *err) {
+    ship_state *ss = &sh->ss;
+    if (ss->segw == NULL || ss->tx_open || seg_writer_ntx(ss->segw) == ss->seg_synced_ntx) return 0;
+    if (ws_mono_ms() - ss->seg_synced_mono < SYNC_POINT_MS) return 0;
+    ship_record r;
+    live_record(ss, &r);
+    int rc = seg_writer_sync_point(ss->segw, &r.pos, err);
+    if (rc) return rc;
+    if (fdatasync(ss->seg_fd) != 0)
+        return wserr_errno(err, wserr_from_errno(errno), errno, "sync segment");
+    ss->seg_synced_ntx = seg_writer_ntx(ss->segw);
+    ss->seg_synced_mono = ws_mono_ms();
+    spool_shipped_set(sh->sp, r.pos.salt1, r.pos.salt2, r.pos.frame);
+    return 0;
+}
+
+/* Turns a segment file cut short (a crash, or a transaction that never
+** completed) into a complete queued segment holding everything up to its
+** last durability point; removes it otherwise. With push, the segment is
+** also added to the in-memory queue. */
+static int recover_segment_tmp(shipper *sh, int push, wserr *err) {
+    char path[PATH_MAX], out[PATH_MAX];
+    if (spool_file(sh, "seg.tmp", path, sizeof path) || spool_file(sh, "seg.rec", out, sizeof out))
+        return wserr_set(err, WALSHIP_ERR_INVALID, "spool path too long");
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 0;
+    struct stat st;
+    int rc = 0;
+    void *m = MAP_FAILED;
+    int ofd = -1;
+    if (fstat(fd, &st) != 0 || st.st_size < SEG_HEADER_SIZE) goto done;
+    m = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (m == MAP_FAILED) goto done;
+    ofd = open(out, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (ofd < 0) {
+        rc = wserr_errno(err, wserr_from_errno(errno), errno, "create %s", out);
+        goto done;
+    }
+    seg_header h;
+    wserr e2 = {0};
+    if (seg_recover(m, (size_t)st.st_size, ofd, sh->cfg.zstd_level, &h, &e2) != 0) {
+        if (e2.code != WALSHIP_ERR_NOTFOUND)
+            WS_WARN("segment_recovery_failed", "db=%s err=\"%s\"", sh->db_path, e2.msg);
+        goto done;
+    }
+    if (fdatasync(ofd) != 0) {
+        rc = wserr_errno(err, wserr_from_errno(errno), errno, "sync %s", out);
+        goto done;
+    }
+    queued q;
+    memset(&q, 0, sizeof q);
+    snprintf(q.name, sizeof q.name, "%016" PRIx64 "-%016" PRIx64 "-%016" PRIx64 ".seg",
+             h.generation, h.first_txid, h.last_txid);
+    char dir[PATH_MAX], dst[PATH_MAX + 128];
+    queue_dir(sh, dir, sizeof dir);
+    if ((rc = ws_mkdir_p(dir, 0755, err))) goto done;
+    snprintf(dst, sizeof dst, "%s/%s", dir, q.name);
+    if (rename(out, dst) != 0) {
+        rc = wserr_errno(err, wserr_from_errno(errno), errno, "move %s into the queue", out);
+        goto done;
+    }
+    rc = ws_fsync_dir_of(dst, err);
+    if (rc == 0 && push) {
+        q.generation = h.generation;
+        q.first_txid = h.first_txid;
+        q.last_txid = h.last_txid;
+        q.last_commit_ms = h.last_commit_ms;
+        q.resume.seq = h.resume.log_seq;
+        q.resume.off = h.resume.log_off;
+        q.wal_salt1 = h.resume.salt1;
+        q.wal_salt2 = h.resume.salt2;
+        q.wal_frame = h.resume.frame;
+        struct stat qs;
+        q.bytes = stat(dst, &qs) == 0 ? (uint64_t)qs.st_size : 0;
+        if (queue_push(&sh->ss, &q)) rc = wserr_set(err, WALSHIP_ERR_NOMEM, "out of memory");
+    }
+    WS_INFO("segment_recovered", "db=%s txids=%" PRIu64 "..%" PRIu64, sh->db_path, h.first_txid,
+            h.last_txid);
+done:
+    if (m != MAP_FAILED) munmap(m, (size_t)st.st_size);
+    if (ofd >= 0) close(ofd);
+    close(fd);
+    unlink(out);
+    if (rc == 0) unlink(path);
+    return rc;
+}
+
 /* Uploads queued objects in order until the queue is empty or one fails. */
 static int upload_queue(shipper *sh, int64_t deadline, wserr *err) {
     ship_state *ss = &sh->ss;
@@ -891,6 +992,7 @@ static int start_up(shipper *sh, wserr *err) {
     ship_state *ss = &sh->ss;
     int rc;
     if (ss->st == NULL && (rc = store_open(sh->cfg.url, &ss->st, err))) return rc;
+    if ((rc = recover_segment_tmp(sh, 0, err))) return rc;
     cleanup_tmp_files(sh);
     ship_record rec;
     int have = 0;
@@ -1033,6 +1135,7 @@ int64_t ship_step(shipper *sh) {
         rc = snapjob_start(sh, 0, &err);
     if (rc == 0) rc = consume(sh, deadline, &err);
     if (rc == 0 && ss->snap) rc = snapjob_step(sh, &err);
+    if (rc == 0 && !segment_due(sh)) rc = sync_point(sh, &err);
     if (rc == 0 && segment_due(sh)) {
         ss->flush_seen = spool_flush_requests(sh->sp);
         rc = close_segment(sh, &err);
@@ -1076,6 +1179,9 @@ int64_t ship_step(shipper *sh) {
     /* When to come back. */
     if (ss->segw && !ss->tx_open) {
         int64_t due = ss->seg_opened_mono + sh->cfg.ship_interval_ms;
+        if (seg_writer_ntx(ss->segw) != ss->seg_synced_ntx &&
+            ss->seg_synced_mono + SYNC_POINT_MS < due)
+            due = ss->seg_synced_mono + SYNC_POINT_MS;
         if (due < next) next = due;
     }
     if (ss->snap && snapjob_active(ss->snap)) next = ws_mono_ms();

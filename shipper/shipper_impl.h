@@ -77,6 +77,8 @@ typedef struct ship_state {
     uint64_t seg_first_txid;
     int64_t seg_opened_mono;
     int64_t seg_first_commit_ms;
+    int64_t seg_synced_mono;   /* last durability point of the open segment */
+    uint32_t seg_synced_ntx;   /* transactions it covered */
 
     /* closed objects awaiting upload, oldest first */
     queued *queue;
