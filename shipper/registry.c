@@ -89,11 +89,18 @@ static void *worker_main(void *arg) {
     while (!pool.shutdown) {
         int64_t now = ws_mono_ms();
         shipper *best = NULL;
+        int64_t best_due = 0;
         int64_t soonest = now + 100;
         for (shipper *sh = pool.list; sh; sh = sh->next) {
             if (sh->running) continue;
-            int64_t due = atomic_load(&sh->nudged) ? now : sh->due_mono;
-            if (due <= now && (best == NULL || due < best->due_mono)) best = sh;
+            /* A nudge makes a shipper due now, never later than it was. */
+            int64_t due = sh->due_mono;
+            if (atomic_load(&sh->nudged) && due > now) due = now;
+            /* The most overdue first, so no shipper can starve the others. */
+            if (due <= now && (best == NULL || due < best_due)) {
+                best = sh;
+                best_due = due;
+            }
             if (due < soonest) soonest = due;
         }
         if (best == NULL) {

@@ -543,7 +543,14 @@ static int consume(shipper *sh, int64_t deadline, wserr *err) {
         int r = spool_read(sh->sp, &pos, &ss->recbuf, &rec, err);
         if (r < 0) return -r;
         if (r == 0) {
-            /* Nothing new: retry frames whose read failed earlier. */
+            /* Nothing new (pos may have moved past the end of a finished
+            ** log file to the start of the next): keep the position, and
+            ** retry frames whose read failed earlier. */
+            ss->cur.log_seq = pos.seq;
+            ss->cur.log_off = pos.off;
+            if (!ss->cur_known || ss->pending_mx <= ss->cur.frame ||
+                (ss->cur.flags & WS_WALPOS_ENDED))
+                ss->resume = pos;
             return ship_read_wal_frames(sh, ss->pending_mx, err);
         }
         int had_pending = ss->cur_known && ss->pending_mx > ss->cur.frame;
