@@ -1179,8 +1179,12 @@ int64_t ship_step(shipper *sh) {
         if (every > RETENTION_EVERY_MS || every <= 0) every = RETENTION_EVERY_MS;
         ss->next_retention_mono = ws_mono_ms() + every;
     }
-    /* Records before the durable resume position are never read again. */
-    spool_trim(sh->sp, (spool_pos){ss->rec.pos.log_seq, ss->rec.pos.log_off});
+    /* Records before the durable resume position are never read again;
+    ** whole files before it go once the position moves to a newer file. */
+    if (ss->rec.pos.log_seq > ss->trimmed_seq) {
+        spool_trim(sh->sp, (spool_pos){ss->rec.pos.log_seq, ss->rec.pos.log_off});
+        ss->trimmed_seq = ss->rec.pos.log_seq;
+    }
     publish_status(sh);
 
     /* When to come back. */

@@ -89,6 +89,7 @@ typedef struct ship_state {
 
     snapjob *snap;
     int64_t next_retention_mono;
+    uint64_t trimmed_seq;      /* spool files before this one are gone */
     uint32_t flush_seen;
     uint8_t *framebuf;         /* scratch for WAL reads */
     size_t framebuf_cap;

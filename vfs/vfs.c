@@ -107,8 +107,10 @@ static void note_header(ws_file *f, const walidx_hdr *h) {
     if (h->mx_frame == 0) return; /* an empty WAL commits nothing */
     if (s1 == wi.wm_salt1 && s2 == wi.wm_salt2 && h->mx_frame == wi.wm_mx) return;
     uint8_t rec[SPOOL_REC_OVERHEAD + 24];
-    size_t n = spool_rec_encode_watermark(rec, s1, s2, h->mx_frame, walidx_page_size(h), ws_now_ms());
+    int64_t now = ws_now_ms();
+    size_t n = spool_rec_encode_watermark(rec, s1, s2, h->mx_frame, walidx_page_size(h), now);
     append_rec(f, rec, n, 0);
+    WS_DEBUG("watermark", "salt1=%08x mx=%u time=%lld", s1, h->mx_frame, (long long)now);
     wi.wm_salt1 = s1;
     wi.wm_salt2 = s2;
     wi.wm_mx = h->mx_frame;
