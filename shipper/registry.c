@@ -30,11 +30,80 @@
 static struct {
     pthread_mutex_t mu;
     pthread_cond_t cv; /* workers wait here */
-    shipper *list;
+    shipper *list;     /* every shipper of the process */
+    shipper **heap;    /* the ones not running, a min-heap on due_mono */
+    int nheap, heap_cap;
     pthread_t threads[MAX_THREADS];
     int nthreads;
     int shutdown;
-} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, {0}, 0, 0};
+} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, NULL, 0, 0, {0}, 0, 0};
+
+/* ---- the due-time heap (pool.mu held) ----------------------------------- */
+static void heap_swap(int a, int b) {
+    shipper *t = pool.heap[a];
+    pool.heap[a] = pool.heap[b];
+    pool.heap[b] = t;
+    pool.heap[a]->heap_idx = a;
+    pool.heap[b]->heap_idx = b;
+}
+
+static void heap_up(int i) {
+    while (i > 0 && pool.heap[(i - 1) / 2]->due_mono > pool.heap[i]->due_mono) {
+        heap_swap(i, (i - 1) / 2);
+        i = (i - 1) / 2;
+    }
+}
+
+static void heap_down(int i) {
+    for (;;) {
+        int l = 2 * i + 1, r = l + 1, m = i;
+        if (l < pool.nheap && pool.heap[l]->due_mono < pool.heap[m]->due_mono) m = l;
+        if (r < pool.nheap && pool.heap[r]->due_mono < pool.heap[m]->due_mono) m = r;
+        if (m == i) return;
+        heap_swap(i, m);
+        i = m;
+    }
+}
+
+static int heap_push(shipper *sh) {
+    if (pool.nheap == pool.heap_cap) {
+        int cap = pool.heap_cap ? pool.heap_cap * 2 : 64;
+        shipper **h = realloc(pool.heap, (size_t)cap * sizeof *h);
+        if (h == NULL) return -1;
+        pool.heap = h;
+        pool.heap_cap = cap;
+    }
+    sh->heap_idx = pool.nheap;
+    pool.heap[pool.nheap++] = sh;
+    heap_up(sh->heap_idx);
+    return 0;
+}
+
+static void heap_remove(shipper *sh) {
+    int i = sh->heap_idx;
+    if (i < 0) return;
+    pool.nheap--;
+    if (i != pool.nheap) {
+        pool.heap[i] = pool.heap[pool.nheap];
+        pool.heap[i]->heap_idx = i;
+        heap_down(i);
+        heap_up(i);
+    }
+    sh->heap_idx = -1;
+}
+
+/* Makes sh due no later than `due` (it may be running: then the worker sees
+** the nudge flag when the step ends). */
+static void make_due_locked(shipper *sh, int64_t due) {
+    if (sh->heap_idx < 0) {
+        atomic_store(&sh->nudged, 1);
+        return;
+    }
+    if (due < sh->due_mono) {
+        sh->due_mono = due;
+        heap_up(sh->heap_idx);
+    }
+}
 
 static void *base_vfs;
 
@@ -73,7 +142,7 @@ static void shipper_free(shipper *sh) {
     free(sh);
 }
 
-/* Removes sh from the list (pool.mu held). */
+/* Removes sh from the list (pool.mu held; it is not in the heap). */
 static void unlink_locked(shipper *sh) {
     for (shipper **pp = &pool.list; *pp; pp = &(*pp)->next) {
         if (*pp == sh) {
@@ -88,36 +157,30 @@ static void *worker_main(void *arg) {
     pthread_mutex_lock(&pool.mu);
     while (!pool.shutdown) {
         int64_t now = ws_mono_ms();
-        shipper *best = NULL;
-        int64_t best_due = 0;
-        int64_t soonest = now + 100;
-        for (shipper *sh = pool.list; sh; sh = sh->next) {
-            if (sh->running) continue;
-            /* A nudge makes a shipper due now, never later than it was. */
-            int64_t due = sh->due_mono;
-            if (atomic_load(&sh->nudged) && due > now) due = now;
-            /* The most overdue first, so no shipper can starve the others. */
-            if (due <= now && (best == NULL || due < best_due)) {
-                best = sh;
-                best_due = due;
-            }
-            if (due < soonest) soonest = due;
-        }
-        if (best == NULL) {
+        if (pool.nheap == 0 || pool.heap[0]->due_mono > now) {
+            int64_t wait = pool.nheap ? pool.heap[0]->due_mono - now : 1000;
+            if (wait > 1000) wait = 1000;
             struct timespec ts;
-            deadline_in(&ts, soonest > now ? soonest - now : 1);
+            deadline_in(&ts, wait > 0 ? wait : 1);
             pthread_cond_timedwait(&pool.cv, &pool.mu, &ts);
             continue;
         }
+        /* The most overdue shipper: none can starve the others. */
+        shipper *best = pool.heap[0];
+        heap_remove(best);
         best->running = 1;
         atomic_store(&best->nudged, 0);
         pthread_mutex_unlock(&pool.mu);
         int64_t next = ship_step(best);
         pthread_mutex_lock(&pool.mu);
         best->running = 0;
-        best->due_mono = next;
+        best->due_mono = atomic_exchange(&best->nudged, 0) ? ws_mono_ms() : next;
         int retire = best->refs == 0 && ship_idle(best);
-        if (retire) unlink_locked(best);
+        if (retire) {
+            unlink_locked(best);
+        } else {
+            heap_push(best); /* cannot fail: attach made room for every shipper */
+        }
         pthread_mutex_lock(&best->mu);
         pthread_cond_broadcast(&best->cv);
         pthread_mutex_unlock(&best->mu);
@@ -126,6 +189,8 @@ static void *worker_main(void *arg) {
             shipper_free(best);
             pthread_mutex_lock(&pool.mu);
         }
+        if (pool.nheap > 0 && pool.heap[0]->due_mono <= ws_mono_ms())
+            pthread_cond_signal(&pool.cv); /* more work: wake a sibling */
     }
     pthread_mutex_unlock(&pool.mu);
     return NULL;
@@ -164,6 +229,9 @@ void shipper_pool_shutdown(void) {
     pthread_mutex_lock(&pool.mu);
     shipper *list = pool.list;
     pool.list = NULL;
+    free(pool.heap);
+    pool.heap = NULL;
+    pool.nheap = pool.heap_cap = 0;
     pthread_mutex_unlock(&pool.mu);
     while (list) {
         shipper *next = list->next;
@@ -224,6 +292,7 @@ int shipper_attach(const char *db_path, const ws_config *cfg, shipper **out, wse
         return rc;
     }
     sh->refs = 1;
+    sh->heap_idx = -1;
     sh->due_mono = ws_mono_ms();
     pthread_mutex_lock(&pool.mu);
     shipper *other = find_locked(db_path);
@@ -233,6 +302,11 @@ int shipper_attach(const char *db_path, const ws_config *cfg, shipper **out, wse
         shipper_free(sh);
         *out = other;
         return 0;
+    }
+    if (heap_push(sh) != 0) {
+        pthread_mutex_unlock(&pool.mu);
+        shipper_free(sh);
+        return wserr_set(err, WALSHIP_ERR_NOMEM, "out of memory");
     }
     sh->next = pool.list;
     pool.list = sh;
@@ -248,7 +322,7 @@ void shipper_detach(shipper *sh) {
     sh->refs--;
     if (sh->refs == 0) {
         /* Let a worker look at it soon: it retires once drained. */
-        sh->due_mono = ws_mono_ms();
+        make_due_locked(sh, ws_mono_ms());
         pthread_cond_signal(&pool.cv);
     }
     pthread_mutex_unlock(&pool.mu);
@@ -273,7 +347,10 @@ void shipper_nudge(shipper *sh) {
     ** memory read) and waking a thread per commit would only burn CPU the
     ** application needs. */
     if (sh->cfg.ship_interval_ms != 0) return;
-    if (atomic_exchange(&sh->nudged, 1) == 0) pthread_cond_signal(&pool.cv);
+    pthread_mutex_lock(&pool.mu);
+    make_due_locked(sh, ws_mono_ms());
+    pthread_cond_signal(&pool.cv);
+    pthread_mutex_unlock(&pool.mu);
 }
 
 int shipper_flush(shipper *sh, int64_t timeout_ms) {
@@ -282,7 +359,7 @@ int shipper_flush(shipper *sh, int64_t timeout_ms) {
     spool_flush_request(sh->sp);
     int64_t deadline = timeout_ms < 0 ? INT64_MAX : ws_mono_ms() + timeout_ms;
     pthread_mutex_lock(&pool.mu);
-    atomic_store(&sh->nudged, 1);
+    make_due_locked(sh, ws_mono_ms());
     pthread_cond_broadcast(&pool.cv);
     pthread_mutex_unlock(&pool.mu);
     pthread_mutex_lock(&sh->mu);

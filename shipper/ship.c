@@ -50,6 +50,7 @@ enum { PH_UNELECTED = 0, PH_INIT = 1, PH_RUN = 2 };
 
 #define ELECT_RETRY_MS 1000
 #define IDLE_POLL_MS 100
+#define IDLE_POLL_MAX_MS 1000
 #define SEGMENT_MAX_BYTES ((uint64_t)32 << 20)
 #define STEP_MAX_RECORDS 4096
 #define STEP_MAX_MS 200
@@ -1136,6 +1137,7 @@ int64_t ship_step(shipper *sh) {
     }
 
     int64_t deadline = now + STEP_MAX_MS;
+    spool_pos before = {ss->cur.log_seq, ss->cur.log_off};
     int rc = 0;
     if (!ss->cur_known && ss->snap == NULL) rc = snapjob_start(sh, 1, &err);
     if (rc == 0 && ss->snap == NULL && ss->cur_known && snapshot_due(sh))
@@ -1159,7 +1161,18 @@ int64_t ship_step(shipper *sh) {
     }
     if (ss->segw == NULL && !ss->tx_open) ss->flush_seen = spool_flush_requests(sh->sp);
 
-    int64_t next = ws_mono_ms() + IDLE_POLL_MS;
+    /* An idle database is polled less and less often (up to once a
+    ** second), so thousands of them cost next to nothing; any record
+    ** brings the poll back to IDLE_POLL_MS. In-process commits need no
+    ** polling to be found quickly only when the ship interval is 0 (they
+    ** nudge); other processes' commits are found by this poll. */
+    spool_pos after = {ss->cur.log_seq, ss->cur.log_off};
+    if (spool_pos_cmp(before, after) != 0 || ss->segw || ss->nqueue || ss->snap)
+        ss->idle_ms = IDLE_POLL_MS;
+    else if (ss->idle_ms < IDLE_POLL_MAX_MS)
+        ss->idle_ms = ss->idle_ms ? ss->idle_ms * 2 : IDLE_POLL_MS;
+    if (ss->idle_ms > IDLE_POLL_MAX_MS) ss->idle_ms = IDLE_POLL_MAX_MS;
+    int64_t next = ws_mono_ms() + ss->idle_ms;
     if (ss->nqueue > 0 && ws_mono_ms() >= ss->retry_at_ms) {
         wserr uerr = {0};
         if (upload_queue(sh, ws_mono_ms() + 5000, &uerr) != 0) {

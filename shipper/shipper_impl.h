@@ -90,6 +90,7 @@ typedef struct ship_state {
     snapjob *snap;
     int64_t next_retention_mono;
     uint64_t trimmed_seq;      /* spool files before this one are gone */
+    int64_t idle_ms;           /* current poll interval when nothing happens */
     uint32_t flush_seen;
     uint8_t *framebuf;         /* scratch for WAL reads */
     size_t framebuf_cap;
@@ -101,6 +102,7 @@ struct shipper {
     char *db_path;
     int refs;
     int running;
+    int heap_idx;              /* position in the pool's due heap; -1 while running */
     int64_t due_mono;
     int elected;
     /* immutable after attach */
