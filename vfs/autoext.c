@@ -45,8 +45,13 @@ static int prepare_connection(sqlite3 *db, char **pzErrMsg, const void *pApi) {
                                      NULL, NULL);
     if (rc != SQLITE_OK) return rc;
     if (sqlite3_db_readonly(db, "main") == 1) return SQLITE_OK;
+    /* Another connection may hold a lock for a moment (a checkpoint, the
+    ** last connection closing): wait for it. The new connection has no busy
+    ** handler of its own yet, and gets none from us afterwards. */
+    sqlite3_busy_timeout(db, 10000);
     char *err = NULL;
     rc = sqlite3_exec(db, "PRAGMA journal_mode=WAL", NULL, NULL, &err);
+    sqlite3_busy_timeout(db, 0);
     if (rc == SQLITE_OK) {
         /* The pragma reports the mode it ended in; anything but wal (e.g. a
         ** memory database) means walship cannot ship this database. */
