@@ -70,6 +70,7 @@ int cmd_ship(int argc, char **argv) {
     ws_config cfg;
     wserr err = {0};
     if (ws_config_load(&cfg, path, cli_param, &pc, &err) != 0) return cli_fail(&err);
+    cfg.upload = 1; /* this is the process that uploads, whatever WALSHIP_UPLOAD says */
     shipper *sh = NULL;
     if (shipper_attach(path, &cfg, &sh, &err) != 0) return cli_fail(&err);
     struct sigaction sa;

@@ -92,6 +92,15 @@ int ws_config_load(ws_config *cfg, const char *db_path, ws_param_fn get_param, v
         return rc;
     if ((rc = duration_opt("retention", 86400000, 1000, &cfg->retention_ms, get_param, ctx, err)))
         return rc;
+    const char *up = lookup("upload", get_param, ctx);
+    cfg->upload = 1;
+    if (up) {
+        if (strcmp(up, "0") == 0 || strcmp(up, "off") == 0 || strcmp(up, "false") == 0)
+            cfg->upload = 0;
+        else if (!(strcmp(up, "1") == 0 || strcmp(up, "on") == 0 || strcmp(up, "true") == 0))
+            return wserr_set(err, WALSHIP_ERR_INVALID,
+                             "walship_upload=\"%.50s\" must be 1 or 0 (on or off)", up);
+    }
     const char *lv = lookup("zstd_level", get_param, ctx);
     cfg->zstd_level = 3;
     if (lv) {

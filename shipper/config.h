@@ -13,6 +13,9 @@
 **                     database size
 **   retention         keep what restores to any point in this window need
 **                     (default 24h)
+**   upload            1 (default): this process may become the shipper; 0: it
+**                     only records commits, and `walship ship DB` (or another
+**                     process) uploads them
 **   spool_dir         where the spool lives (default <db>-walship beside it;
 **                     WALSHIP_SPOOL_DIR is a base: <base>/<name>-walship)
 */
@@ -30,6 +33,7 @@ typedef struct ws_config {
     int zstd_level;
     int64_t snapshot_interval_ms;
     int64_t retention_ms;
+    int upload;
 } ws_config;
 
 /* Looks up an option by name: first through get_param (URI parameter

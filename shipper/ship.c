@@ -1118,6 +1118,7 @@ int64_t ship_step(shipper *sh) {
     int64_t now = ws_mono_ms();
     wserr err = {0};
     if (ss->phase == PH_UNELECTED) {
+        if (!sh->cfg.upload) return now + 3600 * 1000; /* records only; never ships */
         int r = spool_try_elect(sh->sp, &err);
         if (r <= 0) {
             if (r < 0) set_error(sh, err.msg);
