@@ -431,6 +431,37 @@ static int same_wal(const ship_state *ss, uint32_t s1, uint32_t s2) {
     return ss->cur_known && ss->cur.salt1 == s1 && ss->cur.salt2 == s2;
 }
 
+/* A writer records a WAL's end (and the next WAL's begin) just before it
+** restarts, truncates or deletes the WAL; killed in between, it leaves a WAL
+** that lives on: the next process recovers it and appends to it. When
+** commits show up for the WAL that ended, and nothing was consumed from a
+** newer one since, the end never happened: consumption goes back to where
+** that WAL stood. Returns 1 if cur is now the WAL (s1, s2), open. */
+static int revive_wal(ship_state *ss, uint32_t s1, uint32_t s2) {
+    if (same_wal(ss, s1, s2)) {
+        if (ss->cur.flags & WS_WALPOS_ENDED) {
+            ss->cur.flags &= ~WS_WALPOS_ENDED;
+            memset(&ss->rec.end_id, 0, sizeof ss->rec.end_id);
+        }
+        return 1;
+    }
+    if (ss->have_prev && ss->prev.salt1 == s1 && ss->prev.salt2 == s2 && ss->cur.frame == 0 &&
+        !ss->tx_open && !(ss->cur.flags & WS_WALPOS_ENDED)) {
+        uint64_t seq = ss->cur.log_seq, off = ss->cur.log_off;
+        ss->cur = ss->prev;
+        ss->cur.flags &= ~WS_WALPOS_ENDED;
+        ss->cur.log_seq = seq;
+        ss->cur.log_off = off;
+        ss->big_endian = (ss->cur.flags & WS_WALPOS_BIGEND) != 0;
+        ss->pending_mx = 0;
+        ss->nwm = 0;
+        ss->have_prev = 0;
+        memset(&ss->rec.end_id, 0, sizeof ss->rec.end_id);
+        return 1;
+    }
+    return 0;
+}
+
 static int apply_frames_record(shipper *sh, const spool_rec *r, wserr *err) {
     ship_state *ss = &sh->ss;
     size_t fsz = WAL_FRAME_HDR_SIZE + (size_t)r->page_size;
@@ -460,22 +491,22 @@ static int apply_record(shipper *sh, const spool_rec *r, wserr *err) {
     switch (r->type) {
     case SPOOL_REC_WATERMARK:
         if (!ss->cur_known) return 0; /* a snapshot start will place us */
-        if (!same_wal(ss, r->salt1, r->salt2)) {
-            if (ss->cur.flags & WS_WALPOS_ENDED) {
-                /* Stale watermark of a WAL that ended: harmless if nothing
-                ** new; a different WAL without WAL_BEGIN is not. */
+        if (same_wal(ss, r->salt1, r->salt2) && (ss->cur.flags & WS_WALPOS_ENDED) &&
+            r->mx_frame <= ss->cur.frame)
+            return 0; /* nothing past the end */
+        if (!revive_wal(ss, r->salt1, r->salt2)) {
+            if (ss->cur.flags & WS_WALPOS_ENDED)
                 return break_continuity(sh, "commits in a WAL walship never saw begin", err);
-            }
             return break_continuity(sh, "the WAL changed outside walship", err);
         }
-        if (ss->cur.flags & WS_WALPOS_ENDED) return 0;
         if (r->mx_frame > ss->pending_mx) ss->pending_mx = r->mx_frame;
         note_watermark_time(ss, r->mx_frame, r->time_ms);
         return ship_read_wal_frames(sh, ss->pending_mx, err);
     case SPOOL_REC_FRAMES:
-        if (!ss->cur_known || !same_wal(ss, r->salt1, r->salt2) ||
-            (ss->cur.flags & WS_WALPOS_ENDED))
-            return 0; /* a copy of frames we do not need */
+        if (!ss->cur_known) return 0;
+        if (r->first_frame + r->nframes - 1 <= ss->cur.frame && same_wal(ss, r->salt1, r->salt2))
+            return 0; /* a copy of frames already consumed */
+        if (!revive_wal(ss, r->salt1, r->salt2)) return 0; /* frames of a WAL left behind */
         return apply_frames_record(sh, r, err);
     case SPOOL_REC_WAL_END:
         if (!ss->cur_known) return 0;
@@ -483,7 +514,17 @@ static int apply_record(shipper *sh, const spool_rec *r, wserr *err) {
             if (ss->cur.flags & WS_WALPOS_ENDED) return 0; /* already ended */
             return break_continuity(sh, "a WAL walship was not following ended", err);
         }
-        if (ss->cur.flags & WS_WALPOS_ENDED) return 0;
+        if (ss->cur.flags & WS_WALPOS_ENDED) {
+            /* Ended again (the first end was never carried out): the last
+            ** word on how it ended counts. */
+            if (r->mx_frame > ss->cur.frame)
+                return break_continuity(sh, "committed frames were lost before shipping", err);
+            if (r->reason == SPOOL_END_RESTART)
+                memset(&ss->rec.end_id, 0, sizeof ss->rec.end_id);
+            else
+                ss->rec.end_id = r->dbid;
+            return 0;
+        }
         if (r->mx_frame > ss->cur.frame) {
             /* Last chance: if the frames are still in the file (a delete
             ** that has not happened yet), take them from there. */
@@ -496,7 +537,10 @@ static int apply_record(shipper *sh, const spool_rec *r, wserr *err) {
         ss->cur.flags |= WS_WALPOS_ENDED;
         /* After a delete or truncate the database file is complete and
         ** should stay exactly as it is until the next WAL begins. */
-        if (r->reason != SPOOL_END_RESTART) ss->rec.end_id = r->dbid;
+        if (r->reason != SPOOL_END_RESTART)
+            ss->rec.end_id = r->dbid;
+        else
+            memset(&ss->rec.end_id, 0, sizeof ss->rec.end_id);
         ss->pending_mx = 0;
         ss->nwm = 0;
         return 0;
@@ -513,6 +557,8 @@ static int apply_record(shipper *sh, const spool_rec *r, wserr *err) {
             return break_continuity(sh, "the database file changed while no WAL was open "
                                         "(copied in, or written outside walship)",
                                     err);
+        ss->prev = ss->cur; /* in case this begin never takes effect (revive_wal) */
+        ss->have_prev = 1;
         memset(&ss->rec.end_id, 0, sizeof ss->rec.end_id);
         wal_hdr h;
         wal_hdr_parse(r->wal_hdr, &h);
@@ -722,7 +768,14 @@ static int recover_segment_tmp(shipper *sh, int push, wserr *err) {
     }
     seg_header h;
     wserr e2 = {0};
-    if (seg_recover(m, (size_t)st.st_size, ofd, sh->cfg.zstd_level, &h, &e2) != 0) {
+    if (seg_parse(m, (size_t)st.st_size, &h, NULL) == 0) {
+        /* Finished (closing was cut short before the rename): the file is
+        ** a complete segment already; take it as it is. */
+        if (ws_pwrite_all(ofd, m, (size_t)st.st_size, 0) != 0) {
+            rc = wserr_errno(err, wserr_from_errno(errno), errno, "copy %s", path);
+            goto done;
+        }
+    } else if (seg_recover(m, (size_t)st.st_size, ofd, sh->cfg.zstd_level, &h, &e2) != 0) {
         if (e2.code != WALSHIP_ERR_NOTFOUND)
             WS_WARN("segment_recovery_failed", "db=%s err=\"%s\"", sh->db_path, e2.msg);
         goto done;
@@ -903,20 +956,29 @@ static int redo_queue(shipper *sh, wserr *err) {
         if (m == MAP_FAILED) return wserr_errno(err, WALSHIP_ERR_IO, errno, "map %s", path);
         seg_iter *it = NULL;
         int rc = seg_iter_open(m, (size_t)q->bytes, &it, err);
+        /* Entries may already hold values of these very transactions (a
+        ** save that synced its entries but not its slot), so hashes are set,
+        ** not XOR-ed; the checksum is recomputed once at the end. */
         ws_rolling *r = &ss->hs.r;
+        uint32_t before = r->db_pages, maxp = 0;
         while (rc == 0) {
             seg_event ev;
             rc = seg_iter_next(it, &ev, err);
             if (rc || ev.type == SEG_EV_END) break;
             if (ev.type == SEG_EV_BEGIN) {
-                ws_rolling_begin(r);
+                before = r->db_pages;
+                maxp = 0;
             } else if (ev.type == SEG_EV_PAGE) {
-                rc = ws_rolling_page(r, ev.pgno, ev.page);
+                rc = ws_rolling_set(r, ev.pgno, ws_page_hash(ev.pgno, ev.page, ss->page_size));
+                if (ev.pgno > maxp) maxp = ev.pgno;
             } else if (ev.type == SEG_EV_COMMIT) {
-                rc = ws_rolling_commit(r, ev.db_pages);
-                if (rc == 0 && r->chk != ev.post_chk)
-                    rc = wserr_set(err, WALSHIP_ERR_CORRUPT, "redo of %s: checksum mismatch",
-                                   q->name);
+                uint32_t hi = before > maxp ? before : maxp;
+                for (uint32_t p = ev.db_pages + 1; p <= hi && rc == 0; p++) rc = ws_rolling_set(r, p, 0);
+                for (uint32_t p = before + 1; p <= ev.db_pages && rc == 0; p++)
+                    if (ws_rolling_get(r, p) == 0)
+                        rc = ws_rolling_set(r, p, ws_zero_page_hash(p, ss->page_size));
+                r->db_pages = ev.db_pages;
+                r->chk = ev.post_chk;
                 ss->next_txid = ev.txid + 1;
             }
         }
@@ -1036,7 +1098,10 @@ static int start_up(shipper *sh, wserr *err) {
     spool_end(sh->sp, &end);
     if (spool_pos_cmp(ss->resume, begin) < 0 || spool_pos_cmp(ss->resume, end) > 0)
         return break_continuity(sh, "the spool lost records since the last shipped position", err);
-    if (ss->cur.flags & WS_WALPOS_ENDED) {
+    /* With records after the resume position, their WAL_BEGIN carries the
+    ** file identity check; with none, nothing happened since the WAL ended
+    ** and the file itself must match. */
+    if ((ss->cur.flags & WS_WALPOS_ENDED) && spool_pos_cmp(ss->resume, end) == 0) {
         int same = 1;
         if ((rc = db_file_matches(sh, &same, err))) return rc;
         if (!same)

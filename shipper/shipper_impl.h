@@ -56,6 +56,8 @@ typedef struct ship_state {
     int cur_known;             /* a WAL position is established */
     ws_walpos cur;             /* frame = last consumed; log pos = next record */
     int big_endian;
+    ws_walpos prev;            /* the WAL before the last WAL_BEGIN (revive_wal) */
+    int have_prev;
     uint32_t pending_mx;       /* highest committed frame of cur known */
     wm_time *wm;               /* growable; oldest first */
     int nwm, wm_cap;

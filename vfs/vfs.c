@@ -114,6 +114,15 @@ static void note_header(ws_file *f, const walidx_hdr *h) {
     wi.wm_salt1 = s1;
     wi.wm_salt2 = s2;
     wi.wm_mx = h->mx_frame;
+    if (wi.cur_state != SPOOL_WAL_OPEN || wi.cur_salt1 != s1 || wi.cur_salt2 != s2) {
+        /* The live WAL is the one in shared memory. If the spool recorded
+        ** its end (or a successor's begin) but the writer died before acting
+        ** on it, the WAL lives on: follow it again, so that its frames are
+        ** copied before it really restarts. */
+        wi.cur_salt1 = s1;
+        wi.cur_salt2 = s2;
+        wi.cur_state = SPOOL_WAL_OPEN;
+    }
     spool_walinfo_set(sp, &wi);
     shipper_nudge(f->sh);
 }
@@ -239,22 +248,24 @@ static uint32_t committed_mx(ws_file *db, uint32_t s1, uint32_t s2) {
     return mx;
 }
 
-/* Which WAL the spool considers current and not yet ended; reads the header
-** in the file when the spool does not know. Returns 0 if there is one. */
+/* Which WAL is about to be restarted, truncated or deleted. The header in
+** the file says it best: the spool may have recorded an end that a writer
+** killed in between never carried out (the WAL then lived on). Without a
+** valid header, the WAL the spool has open (if any) is the one. Returns 0
+** if there is such a WAL. */
 static int open_wal_salts(ws_file *db, const wal_source *src, uint32_t *s1, uint32_t *s2) {
-    spool_walinfo wi;
-    spool_walinfo_get(shipper_spool(db->sh), &wi);
-    if (wi.cur_state == SPOOL_WAL_OPEN) {
-        *s1 = wi.cur_salt1;
-        *s2 = wi.cur_salt2;
-        return 0;
-    }
-    if (wi.cur_state == SPOOL_WAL_ENDED) return -1;
     uint8_t buf[WAL_HDR_SIZE];
     wal_hdr h;
-    if (source_read(src, buf, sizeof buf, 0) != 0 || wal_hdr_parse(buf, &h) != 0) return -1;
-    *s1 = h.salt1;
-    *s2 = h.salt2;
+    if (source_read(src, buf, sizeof buf, 0) == 0 && wal_hdr_parse(buf, &h) == 0) {
+        *s1 = h.salt1;
+        *s2 = h.salt2;
+        return 0;
+    }
+    spool_walinfo wi;
+    spool_walinfo_get(shipper_spool(db->sh), &wi);
+    if (wi.cur_state != SPOOL_WAL_OPEN) return -1;
+    *s1 = wi.cur_salt1;
+    *s2 = wi.cur_salt2;
     return 0;
 }
 
