@@ -401,7 +401,10 @@ static int close_segment(shipper *sh, wserr *err);
 ** new generation (a fresh snapshot). */
 static int break_continuity(shipper *sh, const char *why, wserr *err) {
     ship_state *ss = &sh->ss;
-    WS_WARN("new_generation", "db=%s reason=\"%s\"", sh->db_path, why);
+    WS_WARN("new_generation",
+            "db=%s reason=\"%s\" wal=%08x/%08x frame=%u flags=%u log=%" PRIu64 "/%" PRIu64,
+            sh->db_path, why, ss->cur.salt1, ss->cur.salt2, ss->cur.frame, ss->cur.flags,
+            ss->cur.log_seq, ss->cur.log_off);
     if (ss->snap && snapjob_is_genstart(ss->snap)) {
         /* Already starting one: begin that again from the current state. */
         snapjob_free(ss->snap);
@@ -655,6 +658,8 @@ static void live_record(ship_state *ss, ship_record *r) {
     r->pos.log_seq = ss->resume.seq;
     r->pos.log_off = ss->resume.off;
     if (!ss->cur_known) r->pos.salt1 = r->pos.salt2 = 0;
+    r->prev = ss->prev;
+    r->have_prev = (uint32_t)ss->have_prev;
 }
 
 int ship_save_state(shipper *sh, wserr *err) {
@@ -1080,6 +1085,8 @@ static int start_up(shipper *sh, wserr *err) {
     ss->big_endian = (rec.pos.flags & WS_WALPOS_BIGEND) != 0;
     ss->resume.seq = rec.pos.log_seq;
     ss->resume.off = rec.pos.log_off;
+    ss->prev = rec.prev;
+    ss->have_prev = rec.have_prev != 0;
     wserr e2 = {0};
     if (redo_queue(sh, &e2) != 0) {
         WS_WARN("state_redo_failed", "db=%s err=\"%s\"", sh->db_path, e2.msg);

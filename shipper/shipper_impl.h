@@ -58,6 +58,7 @@ typedef struct ship_state {
     int big_endian;
     ws_walpos prev;            /* the WAL before the last WAL_BEGIN (revive_wal) */
     int have_prev;
+    int64_t place_mismatch_since; /* snapjob.c: spool and WAL file disagree since */
     uint32_t pending_mx;       /* highest committed frame of cur known */
     wm_time *wm;               /* growable; oldest first */
     int nwm, wm_cap;

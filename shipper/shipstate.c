@@ -48,6 +48,8 @@ static void encode_slot(uint8_t *b, uint64_t seq, const ship_record *r) {
     ws_put_be64(b + 152, r->end_id.ino);
     ws_put_be64(b + 160, r->end_id.size);
     ws_put_be64(b + 168, (uint64_t)r->end_id.ctime_ns);
+    ws_walpos_encode(b + 176, &r->prev); /* 48 bytes -> 224 */
+    ws_put_be32(b + 224, r->have_prev);
     ws_put_be64(b + SLOT_SIZE - 8, ws_hash64(b, SLOT_SIZE - 8));
 }
 
@@ -70,6 +72,8 @@ static int decode_slot(const uint8_t *b, uint64_t *seq, ship_record *r) {
     r->end_id.ino = ws_get_be64(b + 152);
     r->end_id.size = ws_get_be64(b + 160);
     r->end_id.ctime_ns = (int64_t)ws_get_be64(b + 168);
+    ws_walpos_decode(b + 176, &r->prev);
+    r->have_prev = ws_get_be32(b + 224);
     if (r->db_pages > 0x7fffffffu || (r->generation && !ws_page_size_valid(r->page_size))) return -1;
     return 0;
 }

@@ -40,6 +40,8 @@ typedef struct ship_record {
     uint64_t bytes_since_snapshot;
     int64_t last_commit_ms;
     spool_dbid end_id;         /* database file when the WAL last ended (delete/truncate) */
+    ws_walpos prev;            /* the WAL before the last WAL_BEGIN, while nothing of the new */
+    uint32_t have_prev;        /* one is consumed (a begin a dying writer never carried out) */
 } ship_record;
 
 typedef struct shipstate {

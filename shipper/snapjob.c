@@ -245,8 +245,30 @@ static int place_genstart(shipper *sh, snapjob *j, int *retry, wserr *err) {
     int fd = open(sh->wal_path, O_RDONLY | O_CLOEXEC);
     uint8_t hb[WAL_HDR_SIZE];
     wal_hdr h;
-    if (fd >= 0 && ws_pread_full(fd, hb, sizeof hb, 0) == (ssize_t)sizeof hb &&
-        wal_hdr_parse(hb, &h) == 0 && h.page_size == j->pgsz) {
+    int file_wal = fd >= 0 && ws_pread_full(fd, hb, sizeof hb, 0) == (ssize_t)sizeof hb &&
+                   wal_hdr_parse(hb, &h) == 0;
+    /* A writer records a WAL's end and the next one's begin before it acts
+    ** on the file: when the spool and the file disagree, that is happening
+    ** right now; look again in a moment. (If the writer died in between,
+    ** the disagreement stays: after a grace period the file wins.) */
+    spool_walinfo wi0;
+    spool_walinfo_get(shipper_spool(sh), &wi0);
+    int in_flight = file_wal ? (wi0.cur_state == SPOOL_WAL_OPEN &&
+                                (wi0.cur_salt1 != h.salt1 || wi0.cur_salt2 != h.salt2)) ||
+                                   (wi0.cur_state == SPOOL_WAL_ENDED && wi0.cur_salt1 == h.salt1 &&
+                                    wi0.cur_salt2 == h.salt2)
+                             : wi0.cur_state == SPOOL_WAL_OPEN;
+    if (in_flight) {
+        int64_t now = ws_mono_ms();
+        if (ss->place_mismatch_since == 0) ss->place_mismatch_since = now;
+        if (now - ss->place_mismatch_since < 2000) {
+            if (fd >= 0) close(fd);
+            *retry = 1;
+            return 0;
+        }
+    }
+    ss->place_mismatch_since = 0;
+    if (file_wal && h.page_size == j->pgsz) {
         uint32_t mx = 0;
         spool_walinfo wi;
         spool_walinfo_get(shipper_spool(sh), &wi);
