@@ -3,11 +3,16 @@
 */
 #include "dbutil.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -184,4 +189,157 @@ int child_wait(pid_t pid) {
     if (WIFEXITED(st)) return WEXITSTATUS(st);
     if (WIFSIGNALED(st)) return 128 + WTERMSIG(st);
     return -1;
+}
+
+/* ---- spool, status and the command line ------------------------------------ */
+
+void db_spool_dir(const char *db_path, char *out, size_t n) {
+    if (snprintf(out, n, "%s-walship", db_path) >= (int)n)
+        ws_test_fail(__FILE__, __LINE__, "path too long: %s", db_path);
+}
+
+int db_hold_ship_lock(const char *spool_dir, int timeout_ms) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/lock", spool_dir);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) ws_test_fail(__FILE__, __LINE__, "open %s: %s", path, strerror(errno));
+    int64_t deadline = ws_mono_ms() + timeout_ms;
+    for (;;) {
+        if (flock(fd, LOCK_EX | LOCK_NB) == 0) return fd;
+        if (errno != EWOULDBLOCK)
+            ws_test_fail(__FILE__, __LINE__, "flock %s: %s", path, strerror(errno));
+        if (ws_mono_ms() >= deadline) break;
+        ws_sleep_ms(10); /* polling a lock another process holds */
+    }
+    close(fd);
+    return -1;
+}
+
+char *db_status_json(sqlite3 *db) {
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(db, "PRAGMA walship_status", -1, &st, NULL) != SQLITE_OK)
+        ws_test_fail(__FILE__, __LINE__, "PRAGMA walship_status: %s", sqlite3_errmsg(db));
+    int rc = sqlite3_step(st);
+    if (rc != SQLITE_ROW)
+        ws_test_fail(__FILE__, __LINE__, "PRAGMA walship_status gave no row (%d): %s", rc,
+                     sqlite3_errmsg(db));
+    const char *t = (const char *)sqlite3_column_text(st, 0);
+    char *out = strdup(t ? t : "");
+    sqlite3_finalize(st);
+    CHECK(out != NULL);
+    return out;
+}
+
+static sqlite3_stmt *json_query(sqlite3 **mem, const char *json, const char *field) {
+    if (sqlite3_open(":memory:", mem) != SQLITE_OK) ws_test_fail(__FILE__, __LINE__, "open :memory:");
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(*mem, "SELECT json_extract(?1, '$.' || ?2), json_valid(?1)", -1, &st,
+                           NULL) != SQLITE_OK)
+        ws_test_fail(__FILE__, __LINE__, "json_extract: %s", sqlite3_errmsg(*mem));
+    sqlite3_bind_text(st, 1, json, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(st, 2, field, -1, SQLITE_TRANSIENT);
+    if (sqlite3_step(st) != SQLITE_ROW) ws_test_fail(__FILE__, __LINE__, "json_extract: no row");
+    if (sqlite3_column_int(st, 1) != 1)
+        ws_test_fail(__FILE__, __LINE__, "not valid JSON: %s", json);
+    return st;
+}
+
+int64_t db_json_int(const char *json, const char *field) {
+    sqlite3 *mem = NULL;
+    sqlite3_stmt *st = json_query(&mem, json, field);
+    int64_t v = sqlite3_column_type(st, 0) == SQLITE_INTEGER ? sqlite3_column_int64(st, 0) : -1;
+    sqlite3_finalize(st);
+    sqlite3_close(mem);
+    return v;
+}
+
+void db_json_text(const char *json, const char *field, char *out, size_t n) {
+    sqlite3 *mem = NULL;
+    sqlite3_stmt *st = json_query(&mem, json, field);
+    const char *t = (const char *)sqlite3_column_text(st, 0);
+    snprintf(out, n, "%s", t ? t : "");
+    sqlite3_finalize(st);
+    sqlite3_close(mem);
+}
+
+int64_t db_file_size(const char *path) {
+    struct stat st;
+    if (stat(path, &st) != 0) return -1;
+    return (int64_t)st.st_size;
+}
+
+int db_capture(char *out, size_t n, const char *fmt, ...) {
+    char cmd[8192];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    char full[8300];
+    snprintf(full, sizeof full, "( %s ) 2>&1", cmd);
+    fflush(NULL);
+    FILE *p = popen(full, "r");
+    if (p == NULL) return -1;
+    size_t len = 0;
+    if (n > 0) out[0] = '\0';
+    char buf[4096];
+    size_t got;
+    while ((got = fread(buf, 1, sizeof buf, p)) > 0) {
+        if (n > 0 && len < n - 1) {
+            size_t k = got < n - 1 - len ? got : n - 1 - len;
+            memcpy(out + len, buf, k);
+            len += k;
+            out[len] = '\0';
+        }
+    }
+    int st = pclose(p);
+    if (st == -1) return -1;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+size_t db_generation_count(const char *url) {
+    store *st = NULL;
+    wserr err = {0};
+    catalog cat = {0};
+    CHECK_OK(store_open(url, &st, &err), &err);
+    CHECK_OK(catalog_load(st, &cat, &err), &err);
+    size_t n = cat.ngens;
+    catalog_free(&cat);
+    store_free(st);
+    return n;
+}
+
+size_t db_generation_list(const char *url, uint64_t *ids, uint64_t *first, uint64_t *last,
+                          size_t max) {
+    store *st = NULL;
+    wserr err = {0};
+    catalog cat = {0};
+    CHECK_OK(store_open(url, &st, &err), &err);
+    CHECK_OK(catalog_load(st, &cat, &err), &err);
+    for (size_t i = 0; i < cat.ngens && i < max; i++) {
+        ids[i] = cat.gens[i].id;
+        first[i] = cat_gen_first_txid(&cat.gens[i]);
+        last[i] = cat_gen_last_txid(&cat.gens[i]);
+    }
+    size_t n = cat.ngens;
+    catalog_free(&cat);
+    store_free(st);
+    return n;
+}
+
+int db_restore_in(const char *url, const char *out, uint64_t generation, int kind, uint64_t txid,
+                  char *msg, size_t msglen) {
+    restore_opts o;
+    memset(&o, 0, sizeof o);
+    o.url = url;
+    o.out_path = out;
+    o.force = 1;
+    o.parallel = 4;
+    o.target.kind = kind;
+    o.target.txid = txid;
+    o.target.generation = generation;
+    restore_result res;
+    wserr err = {0};
+    int rc = ws_restore(&o, &res, &err);
+    if (msg) snprintf(msg, msglen, "%s", err.msg);
+    return rc;
 }

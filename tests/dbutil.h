@@ -54,4 +54,42 @@ pid_t child_start(int (*fn)(void *), void *arg);
 /* Waits for a child; returns its exit status, or 128+signal. */
 int child_wait(pid_t pid);
 
+/* ---- spool, status and the command line (pipeline tests) ------------------ */
+
+/* The spool directory of db_path at its default place, "<db_path>-walship". */
+void db_spool_dir(const char *db_path, char *out, size_t n);
+
+/* Takes the shipper election lock of a spool (an exclusive flock on
+** <spool_dir>/lock, created if needed), retrying until timeout_ms passes:
+** while the caller holds it no process is elected, so nothing ships.
+** Returns the descriptor (close it to release the lock) or -1 on timeout. */
+int db_hold_ship_lock(const char *spool_dir, int timeout_ms);
+
+/* The JSON of PRAGMA walship_status on db, as a malloc'ed string (free()). */
+char *db_status_json(sqlite3 *db);
+/* json_extract(json, '$.<field>') as an integer (-1 if absent or not a
+** number), or as text copied into out ("" if absent). */
+int64_t db_json_int(const char *json, const char *field);
+void db_json_text(const char *json, const char *field, char *out, size_t n);
+
+/* Size of a file in bytes, or -1 if it does not exist. */
+int64_t db_file_size(const char *path);
+
+/* Runs a shell command with stdout and stderr captured into out (truncated
+** to n-1 bytes, NUL-terminated). Returns its exit status, or -1. */
+int db_capture(char *out, size_t n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* The number of generations the store at url holds. */
+size_t db_generation_count(const char *url);
+
+/* The generations the store at url holds, oldest first: their ids and the
+** TXID range restorable in each (first = oldest snapshot). Fills at most
+** max entries; returns the number of generations. */
+size_t db_generation_list(const char *url, uint64_t *ids, uint64_t *first, uint64_t *last,
+                          size_t max);
+
+/* db_restore restricted to one generation (0: whichever fits). */
+int db_restore_in(const char *url, const char *out, uint64_t generation, int kind, uint64_t txid,
+                  char *msg, size_t msglen);
+
 #endif
