@@ -491,6 +491,13 @@ static int apply_frames_record(shipper *sh, const spool_rec *r, wserr *err) {
 ** inside (a new generation starts). */
 static int apply_record(shipper *sh, const spool_rec *r, wserr *err) {
     ship_state *ss = &sh->ss;
+    if (r->type != SPOOL_REC_WATERMARK)
+        WS_DEBUG("record", "pid=%d type=%d salt1=%08x mx=%u reason=%u cur=%08x/%u flags=%u "
+                           "known=%d endid=%llu dbid=%llu",
+                 (int)getpid(), r->type, r->salt1, r->mx_frame, r->reason, ss->cur.salt1,
+                 ss->cur.frame, ss->cur.flags, ss->cur_known,
+                 (unsigned long long)ss->rec.end_id.ctime_ns,
+                 (unsigned long long)r->dbid.ctime_ns);
     switch (r->type) {
     case SPOOL_REC_WATERMARK:
         if (!ss->cur_known) return 0; /* a snapshot start will place us */
@@ -498,6 +505,9 @@ static int apply_record(shipper *sh, const spool_rec *r, wserr *err) {
             r->mx_frame <= ss->cur.frame)
             return 0; /* nothing past the end */
         if (!revive_wal(ss, r->salt1, r->salt2)) {
+            WS_DEBUG("revive_failed", "pid=%d have_prev=%d prev=%08x/%u cur=%08x/%u flags=%u tx=%d",
+                     (int)getpid(), ss->have_prev, ss->prev.salt1, ss->prev.frame, ss->cur.salt1,
+                     ss->cur.frame, ss->cur.flags, ss->tx_open);
             if (ss->cur.flags & WS_WALPOS_ENDED)
                 return break_continuity(sh, "commits in a WAL walship never saw begin", err);
             return break_continuity(sh, "the WAL changed outside walship", err);
@@ -513,6 +523,7 @@ static int apply_record(shipper *sh, const spool_rec *r, wserr *err) {
         return apply_frames_record(sh, r, err);
     case SPOOL_REC_WAL_END:
         if (!ss->cur_known) return 0;
+        revive_wal(ss, r->salt1, r->salt2); /* the end of a WAL that lived on */
         if (!same_wal(ss, r->salt1, r->salt2)) {
             if (ss->cur.flags & WS_WALPOS_ENDED) return 0; /* already ended */
             return break_continuity(sh, "a WAL walship was not following ended", err);
@@ -550,7 +561,12 @@ static int apply_record(shipper *sh, const spool_rec *r, wserr *err) {
     case SPOOL_REC_WAL_BEGIN: {
         if (!ss->cur_known) return 0;
         if (same_wal(ss, r->salt1, r->salt2) && !(ss->cur.flags & WS_WALPOS_ENDED)) return 0;
-        if (!(ss->cur.flags & WS_WALPOS_ENDED))
+        /* A WAL that never committed anything (its begin was recorded by a
+        ** writer that died before writing it) ends without a trace; the WAL
+        ** before it stays the one to go back to. */
+        int empty = !(ss->cur.flags & WS_WALPOS_ENDED) && ss->cur.frame == 0 &&
+                    ss->pending_mx == 0 && !ss->tx_open;
+        if (!(ss->cur.flags & WS_WALPOS_ENDED) && !empty)
             return break_continuity(sh, "a new WAL began while the old one had not ended", err);
         if (r->page_size != ss->page_size)
             return break_continuity(sh, "page size changed", err);
@@ -560,8 +576,10 @@ static int apply_record(shipper *sh, const spool_rec *r, wserr *err) {
             return break_continuity(sh, "the database file changed while no WAL was open "
                                         "(copied in, or written outside walship)",
                                     err);
-        ss->prev = ss->cur; /* in case this begin never takes effect (revive_wal) */
-        ss->have_prev = 1;
+        if (!empty) {
+            ss->prev = ss->cur; /* in case this begin never takes effect (revive_wal) */
+            ss->have_prev = 1;
+        }
         memset(&ss->rec.end_id, 0, sizeof ss->rec.end_id);
         wal_hdr h;
         wal_hdr_parse(r->wal_hdr, &h);

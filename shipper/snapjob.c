@@ -241,6 +241,9 @@ static int place_genstart(shipper *sh, snapjob *j, int *retry, wserr *err) {
     ss->nwm = 0;
     ss->tx_open = 0;
     ss->page_size = j->pgsz;
+    /* Nothing carries over from the history being left behind. */
+    memset(&ss->rec.end_id, 0, sizeof ss->rec.end_id);
+    ss->have_prev = 0;
 
     int fd = open(sh->wal_path, O_RDONLY | O_CLOEXEC);
     uint8_t hb[WAL_HDR_SIZE];
