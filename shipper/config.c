@@ -71,8 +71,8 @@ int ws_config_load(ws_config *cfg, const char *db_path, ws_param_fn get_param, v
         const char *base = getenv("WALSHIP_URL");
         if (base == NULL || *base == '\0')
             return wserr_set(err, WALSHIP_ERR_INVALID,
-                             "no destination for %s: add walship_url=URL to the database URI "
-                             "or set WALSHIP_URL (e.g. s3://bucket/prefix or file:///dir)",
+                             "no destination: add walship_url=URL to the database URI or set "
+                             "WALSHIP_URL (e.g. s3://bucket/prefix or file:///dir); database %s",
                              db_path);
         const char *slash = strrchr(db_path, '/');
         const char *name = slash ? slash + 1 : db_path;

@@ -440,7 +440,8 @@ static int same_wal(const ship_state *ss, uint32_t s1, uint32_t s2) {
 ** commits show up for the WAL that ended, and nothing was consumed from a
 ** newer one since, the end never happened: consumption goes back to where
 ** that WAL stood. Returns 1 if cur is now the WAL (s1, s2), open. */
-static int revive_wal(ship_state *ss, uint32_t s1, uint32_t s2) {
+static int revive_wal(shipper *sh, uint32_t s1, uint32_t s2) {
+    ship_state *ss = &sh->ss;
     if (same_wal(ss, s1, s2)) {
         if (ss->cur.flags & WS_WALPOS_ENDED) {
             ss->cur.flags &= ~WS_WALPOS_ENDED;
@@ -448,8 +449,24 @@ static int revive_wal(ship_state *ss, uint32_t s1, uint32_t s2) {
         }
         return 1;
     }
-    if (ss->have_prev && ss->prev.salt1 == s1 && ss->prev.salt2 == s2 && ss->cur.frame == 0 &&
-        !ss->tx_open && !(ss->cur.flags & WS_WALPOS_ENDED)) {
+    int cur_empty = ss->cur.frame == 0 && !ss->tx_open && ss->pending_mx == 0 &&
+                    !(ss->cur.flags & WS_WALPOS_ENDED);
+    if (cur_empty) {
+        /* A WAL begun before the current (empty) one whose own successor
+        ** never came to be: start it from its header. */
+        for (int i = 0; i < ss->nbegun; i++) {
+            if (ss->begun[i].salt1 != s1 || ss->begun[i].salt2 != s2) continue;
+            uint64_t seq = ss->cur.log_seq, off = ss->cur.log_off;
+            ss->cur = ss->begun[i];
+            ss->cur.log_seq = seq;
+            ss->cur.log_off = off;
+            ss->big_endian = (ss->cur.flags & WS_WALPOS_BIGEND) != 0;
+            ss->nbegun = i; /* those begun after it never were */
+            ss->nwm = 0;
+            return 1;
+        }
+    }
+    if (ss->have_prev && ss->prev.salt1 == s1 && ss->prev.salt2 == s2 && cur_empty) {
         uint64_t seq = ss->cur.log_seq, off = ss->cur.log_off;
         ss->cur = ss->prev;
         ss->cur.flags &= ~WS_WALPOS_ENDED;
@@ -459,8 +476,34 @@ static int revive_wal(ship_state *ss, uint32_t s1, uint32_t s2) {
         ss->pending_mx = 0;
         ss->nwm = 0;
         ss->have_prev = 0;
+        ss->nbegun = 0;
         memset(&ss->rec.end_id, 0, sizeof ss->rec.end_id);
         return 1;
+    }
+    if (cur_empty && !(s1 == ss->prev.salt1 && s2 == ss->prev.salt2)) {
+        /* Every WAL begun since the last one anything was consumed from
+        ** committed nothing (or its watermarks would have made it current):
+        ** commits in the WAL that is in the file now, whatever begin record
+        ** announced it, continue the history from its own header. */
+        uint8_t hb[WAL_HDR_SIZE];
+        wal_hdr h;
+        int fd = open(sh->wal_path, O_RDONLY | O_CLOEXEC);
+        int ok = fd >= 0 && ws_pread_full(fd, hb, sizeof hb, 0) == (ssize_t)sizeof hb &&
+                 wal_hdr_parse(hb, &h) == 0 && h.salt1 == s1 && h.salt2 == s2 &&
+                 h.page_size == ss->page_size;
+        if (fd >= 0) close(fd);
+        if (ok) {
+            ss->cur.salt1 = h.salt1;
+            ss->cur.salt2 = h.salt2;
+            ss->cur.frame = 0;
+            ss->cur.ck1 = h.ck1;
+            ss->cur.ck2 = h.ck2;
+            ss->big_endian = (int)(h.magic & 1);
+            ss->cur.flags = ss->big_endian ? WS_WALPOS_BIGEND : 0;
+            ss->nbegun = 0;
+            ss->nwm = 0;
+            return 1;
+        }
     }
     return 0;
 }
@@ -504,10 +547,13 @@ static int apply_record(shipper *sh, const spool_rec *r, wserr *err) {
         if (same_wal(ss, r->salt1, r->salt2) && (ss->cur.flags & WS_WALPOS_ENDED) &&
             r->mx_frame <= ss->cur.frame)
             return 0; /* nothing past the end */
-        if (!revive_wal(ss, r->salt1, r->salt2)) {
-            WS_DEBUG("revive_failed", "pid=%d have_prev=%d prev=%08x/%u cur=%08x/%u flags=%u tx=%d",
+        if (!revive_wal(sh, r->salt1, r->salt2)) {
+            WS_DEBUG("revive_failed",
+                     "pid=%d have_prev=%d prev=%08x/%u cur=%08x/%u flags=%u tx=%d wm=%08x/%u "
+                     "pending=%u",
                      (int)getpid(), ss->have_prev, ss->prev.salt1, ss->prev.frame, ss->cur.salt1,
-                     ss->cur.frame, ss->cur.flags, ss->tx_open);
+                     ss->cur.frame, ss->cur.flags, ss->tx_open, r->salt1, r->mx_frame,
+                     ss->pending_mx);
             if (ss->cur.flags & WS_WALPOS_ENDED)
                 return break_continuity(sh, "commits in a WAL walship never saw begin", err);
             return break_continuity(sh, "the WAL changed outside walship", err);
@@ -519,11 +565,11 @@ static int apply_record(shipper *sh, const spool_rec *r, wserr *err) {
         if (!ss->cur_known) return 0;
         if (r->first_frame + r->nframes - 1 <= ss->cur.frame && same_wal(ss, r->salt1, r->salt2))
             return 0; /* a copy of frames already consumed */
-        if (!revive_wal(ss, r->salt1, r->salt2)) return 0; /* frames of a WAL left behind */
+        if (!revive_wal(sh, r->salt1, r->salt2)) return 0; /* frames of a WAL left behind */
         return apply_frames_record(sh, r, err);
     case SPOOL_REC_WAL_END:
         if (!ss->cur_known) return 0;
-        revive_wal(ss, r->salt1, r->salt2); /* the end of a WAL that lived on */
+        revive_wal(sh, r->salt1, r->salt2); /* the end of a WAL that lived on */
         if (!same_wal(ss, r->salt1, r->salt2)) {
             if (ss->cur.flags & WS_WALPOS_ENDED) return 0; /* already ended */
             return break_continuity(sh, "a WAL walship was not following ended", err);
@@ -579,6 +625,14 @@ static int apply_record(shipper *sh, const spool_rec *r, wserr *err) {
         if (!empty) {
             ss->prev = ss->cur; /* in case this begin never takes effect (revive_wal) */
             ss->have_prev = 1;
+            ss->nbegun = 0;
+        } else {
+            /* The empty one may yet turn out to be the live WAL. */
+            if (ss->nbegun == (int)(sizeof ss->begun / sizeof ss->begun[0])) {
+                memmove(ss->begun, ss->begun + 1, sizeof ss->begun - sizeof ss->begun[0]);
+                ss->nbegun--;
+            }
+            ss->begun[ss->nbegun++] = ss->cur;
         }
         memset(&ss->rec.end_id, 0, sizeof ss->rec.end_id);
         wal_hdr h;
@@ -626,6 +680,8 @@ static int consume(shipper *sh, int64_t deadline, wserr *err) {
         ss->cur.log_off = pos.off;
         int rc = apply_record(sh, &rec, err);
         if (rc) return rc;
+        if (ss->cur.log_seq != pos.seq || ss->cur.log_off != pos.off)
+            continue; /* a new generation placed consumption (and resume) elsewhere */
         if (!ss->cur_known || ss->pending_mx <= ss->cur.frame || (ss->cur.flags & WS_WALPOS_ENDED))
             ss->resume = pos;
         else if (!had_pending)
@@ -678,6 +734,8 @@ static void live_record(ship_state *ss, ship_record *r) {
     if (!ss->cur_known) r->pos.salt1 = r->pos.salt2 = 0;
     r->prev = ss->prev;
     r->have_prev = (uint32_t)ss->have_prev;
+    r->nbegun = (uint32_t)ss->nbegun;
+    memcpy(r->begun, ss->begun, sizeof r->begun);
 }
 
 int ship_save_state(shipper *sh, wserr *err) {
@@ -686,6 +744,10 @@ int ship_save_state(shipper *sh, wserr *err) {
     ** that sit in an unclosed segment. */
     if (ss->segw != NULL || ss->tx_open)
         return wserr_set(err, WALSHIP_ERR_STATE, "state saved with an open segment");
+    /* While a generation-start snapshot folds transactions, the live
+    ** position belongs to the new generation and the rest to the old one:
+    ** nothing consistent to save until the snapshot is queued. */
+    if (folding(ss)) return 0;
     live_record(ss, &ss->rec);
     ss->rec.shipped_txid = ss->shipped_txid;
     int rc = shipstate_save(&ss->hs, &ss->rec, err);
@@ -858,6 +920,11 @@ static int upload_queue(shipper *sh, int64_t deadline, wserr *err) {
             snap_key(key, sizeof key, q->generation, q->last_txid);
         else
             seg_key(key, sizeof key, q->generation, q->first_txid, q->last_txid);
+        /* A queued object newer than the saved state is still the redo log
+        ** of that state: it may go only once the state covers it. */
+        if (q->generation == ss->rec.generation && q->last_txid > ss->rec.txid)
+            return wserr_set(err, WALSHIP_ERR_STATE, "queued %s is not yet covered by the state",
+                             q->name);
         int fd = open(path, O_RDONLY | O_CLOEXEC);
         if (fd < 0) return wserr_errno(err, wserr_from_errno(errno), errno, "open %s", path);
         int rc = store_put_fd(ss->st, key, fd, 0, err);
@@ -1092,6 +1159,23 @@ static int start_up(shipper *sh, wserr *err) {
     memset(&rec, 0, sizeof rec);
     if ((rc = shipstate_open(&ss->hs, spool_path(sh->sp), &rec, &have, err))) return rc;
     if ((rc = load_queue(sh, err))) return rc;
+    /* Objects of a generation the state never recorded are orphans of a
+    ** generation start cut short: never upload them (a new one starts). */
+    for (int i = 0; i < ss->nqueue;) {
+        queued *q = &ss->queue[i];
+        if (q->generation > (have ? rec.generation : 0)) {
+            char dir[PATH_MAX], path[PATH_MAX + 128];
+            queue_dir(sh, dir, sizeof dir);
+            snprintf(path, sizeof path, "%s/%s", dir, q->name);
+            WS_INFO("queue_orphan", "db=%s removed=%s", sh->db_path, q->name);
+            unlink(path);
+            ss->queue_bytes -= q->bytes;
+            memmove(q, q + 1, (size_t)(ss->nqueue - i - 1) * sizeof *q);
+            ss->nqueue--;
+        } else {
+            i++;
+        }
+    }
     ss->rec = rec;
     ss->shipped_txid = rec.shipped_txid;
     if (!have || rec.generation == 0) return snapjob_start(sh, 1, err);
@@ -1105,17 +1189,35 @@ static int start_up(shipper *sh, wserr *err) {
     ss->resume.off = rec.pos.log_off;
     ss->prev = rec.prev;
     ss->have_prev = rec.have_prev != 0;
+    ss->nbegun = (int)rec.nbegun;
+    memcpy(ss->begun, rec.begun, sizeof ss->begun);
     wserr e2 = {0};
     if (redo_queue(sh, &e2) != 0) {
         WS_WARN("state_redo_failed", "db=%s err=\"%s\"", sh->db_path, e2.msg);
         return break_continuity(sh, "local state could not be recovered", err);
     }
-    if (ws_rolling_recompute(&ss->hs.r) != ss->hs.r.chk)
+    /* A position restored by redo comes without the file identity of its
+    ** time; start-up's own file check stands in for it. */
+    if (ss->resume.seq != rec.pos.log_seq || ss->resume.off != rec.pos.log_off) {
+        memset(&ss->rec.end_id, 0, sizeof ss->rec.end_id);
+        ss->have_prev = 0;
+    }
+    if (ws_rolling_recompute(&ss->hs.r) != ss->hs.r.chk) {
+        WS_DEBUG("state_mismatch",
+                 "slot_txid=%llu slot_pages=%u next_txid=%llu pages=%u chk=%016llx xor=%016llx "
+                 "nqueue=%d",
+                 (unsigned long long)rec.txid, rec.db_pages, (unsigned long long)ss->next_txid,
+                 ss->hs.r.db_pages, (unsigned long long)ss->hs.r.chk,
+                 (unsigned long long)ws_rolling_recompute(&ss->hs.r), ss->nqueue);
         return break_continuity(sh, "local page hashes do not match the shipped checksum", err);
+    }
     ss->cur.log_seq = ss->resume.seq;
     ss->cur.log_off = ss->resume.off;
     ss->cur_known = ss->cur.salt1 != 0 || ss->cur.salt2 != 0 || (ss->cur.flags & WS_WALPOS_ENDED);
     if (!ss->cur_known) return break_continuity(sh, "no WAL position in the local state", err);
+    /* What redo recovered must be in the state before any of those queued
+    ** objects is uploaded and removed (they are the redo log). */
+    if (ss->next_txid - 1 > rec.txid && (rc = ship_save_state(sh, err))) return rc;
 
     /* The spool must still hold everything from the resume position on. */
     spool_pos begin, end;

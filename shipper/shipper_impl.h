@@ -58,6 +58,8 @@ typedef struct ship_state {
     int big_endian;
     ws_walpos prev;            /* the WAL before the last WAL_BEGIN (revive_wal) */
     int have_prev;
+    ws_walpos begun[SHIP_BEGUN_MAX]; /* WALs begun since (nothing consumed from them yet) */
+    int nbegun;
     int64_t place_mismatch_since; /* snapjob.c: spool and WAL file disagree since */
     uint32_t pending_mx;       /* highest committed frame of cur known */
     wm_time *wm;               /* growable; oldest first */

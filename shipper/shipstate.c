@@ -14,8 +14,8 @@
 
 #include "../common/util.h"
 
-#define SLOT_SIZE 256
-#define ENTRIES_OFF 512
+#define SLOT_SIZE 512
+#define ENTRIES_OFF 1024
 #define STATE_MAGIC "WSSTATE"
 #define STATE_VERSION 1
 
@@ -50,6 +50,9 @@ static void encode_slot(uint8_t *b, uint64_t seq, const ship_record *r) {
     ws_put_be64(b + 168, (uint64_t)r->end_id.ctime_ns);
     ws_walpos_encode(b + 176, &r->prev); /* 48 bytes -> 224 */
     ws_put_be32(b + 224, r->have_prev);
+    ws_put_be32(b + 228, r->nbegun);
+    for (uint32_t i = 0; i < r->nbegun && i < SHIP_BEGUN_MAX; i++)
+        ws_walpos_encode(b + 232 + i * WS_WALPOS_SIZE, &r->begun[i]); /* up to 424 */
     ws_put_be64(b + SLOT_SIZE - 8, ws_hash64(b, SLOT_SIZE - 8));
 }
 
@@ -74,6 +77,10 @@ static int decode_slot(const uint8_t *b, uint64_t *seq, ship_record *r) {
     r->end_id.ctime_ns = (int64_t)ws_get_be64(b + 168);
     ws_walpos_decode(b + 176, &r->prev);
     r->have_prev = ws_get_be32(b + 224);
+    r->nbegun = ws_get_be32(b + 228);
+    if (r->nbegun > SHIP_BEGUN_MAX) return -1;
+    for (uint32_t i = 0; i < r->nbegun; i++)
+        ws_walpos_decode(b + 232 + i * WS_WALPOS_SIZE, &r->begun[i]);
     if (r->db_pages > 0x7fffffffu || (r->generation && !ws_page_size_valid(r->page_size))) return -1;
     return 0;
 }

@@ -3,12 +3,12 @@
 ** hash of every database page (the rolling checksum's terms).
 **
 ** One file, <spool>/state:
-**   slot A (256 bytes at 0), slot B (256 bytes at 256)
+**   slot A (512 bytes at 0), slot B (512 bytes at 512)
 **                     the state record, written alternately with a rising
 **                     sequence number and an XXH3; the valid slot with the
 **                     higher sequence wins, so a torn write loses at most
 **                     the newest record, never both
-**   page hashes       u64 little-endian per page from offset 512
+**   page hashes       u64 little-endian per page from offset 1024
 **                     (entry p-1 for page p)
 ** Hash entries are written and synced before the slot that vouches for
 ** them. After a crash, entries may be ahead of the winning slot (written
@@ -27,6 +27,8 @@
 #include "../format/rolling.h"
 #include "../format/spoolrec.h"
 
+#define SHIP_BEGUN_MAX 4
+
 typedef struct ship_record {
     uint64_t generation;       /* 0: no generation yet */
     uint64_t txid;             /* last transaction consumed into a closed object */
@@ -42,6 +44,8 @@ typedef struct ship_record {
     spool_dbid end_id;         /* database file when the WAL last ended (delete/truncate) */
     ws_walpos prev;            /* the WAL before the last WAL_BEGIN, while nothing of the new */
     uint32_t have_prev;        /* one is consumed (a begin a dying writer never carried out) */
+    uint32_t nbegun;           /* WALs begun since, none with a commit yet (their headers) */
+    ws_walpos begun[SHIP_BEGUN_MAX];
 } ship_record;
 
 typedef struct shipstate {

@@ -112,6 +112,7 @@ struct snapjob {
     int64_t finish_since;
     int64_t ahead_since;   /* when the catch-up target was taken */
     int target_set;        /* the commit point to reach before finishing */
+    spool_pos target_log;  /* ... and the spool position */
     int target_wal_seen;
     uint32_t target_salt1, target_salt2, target_mx;
 };
@@ -244,6 +245,7 @@ static int place_genstart(shipper *sh, snapjob *j, int *retry, wserr *err) {
     /* Nothing carries over from the history being left behind. */
     memset(&ss->rec.end_id, 0, sizeof ss->rec.end_id);
     ss->have_prev = 0;
+    ss->nbegun = 0;
 
     int fd = open(sh->wal_path, O_RDONLY | O_CLOEXEC);
     uint8_t hb[WAL_HDR_SIZE];
@@ -332,6 +334,12 @@ int snapjob_start(shipper *sh, int genstart, wserr *err) {
     memset(h100, 0, sizeof h100);
     if (fsize >= 100) j->dbf->pMethods->xRead(j->dbf, h100, 100, 0);
     uint32_t pgsz = sqlite_hdr_page_size(h100);
+    if (pgsz && genstart && (h100[18] != 2 || h100[19] != 2)) {
+        /* Not (yet) in WAL format: the connection that opened it is
+        ** switching it right now, rewriting page 1 in place. */
+        snapjob_free(j);
+        return 0;
+    }
     if (pgsz) {
         uint32_t change = ws_get_be32(h100 + 24), valid_for = ws_get_be32(h100 + 92);
         if (change == valid_for) j->hdr_db_pages = ws_get_be32(h100 + 28);
@@ -481,20 +489,28 @@ static int caught_up(shipper *sh, wserr *err, int *done) {
     snapjob *j = ss->snap;
     *done = 0;
     if (!j->target_set) {
+        /* Everything recorded by now (a checkpoint that truncates or deletes
+        ** the WAL records its end first) plus what shared memory shows as
+        ** committed (a watermark may still be on its way). */
+        spool_end(shipper_spool(sh), &j->target_log);
         walidx_hdr ih;
-        if (ship_read_shm_header(sh, &ih) != 0 || ih.mx_frame == 0) {
-            /* No shared memory (no connection anywhere): no checkpoint can
-            ** have run; the consumed position is the image's. */
-            *done = !ss->tx_open;
-            return 0;
+        if (ship_read_shm_header(sh, &ih) == 0 && ih.mx_frame > 0) {
+            j->target_salt1 = walidx_salt1(&ih);
+            j->target_salt2 = walidx_salt2(&ih);
+            j->target_mx = ih.mx_frame;
+        } else {
+            j->target_mx = 0; /* no live WAL content */
         }
-        j->target_salt1 = walidx_salt1(&ih);
-        j->target_salt2 = walidx_salt2(&ih);
-        j->target_mx = ih.mx_frame;
         j->target_set = 1;
         j->ahead_since = ws_mono_ms();
     }
     if (ss->tx_open) return 0;
+    if (spool_pos_cmp((spool_pos){ss->cur.log_seq, ss->cur.log_off}, j->target_log) < 0)
+        return 0; /* consume the records up to the target first */
+    if (j->target_mx == 0) {
+        *done = 1;
+        return 0;
+    }
     int in_target = ss->cur.salt1 == j->target_salt1 && ss->cur.salt2 == j->target_salt2;
     if (in_target) j->target_wal_seen = 1;
     if (!in_target) {
