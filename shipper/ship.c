@@ -434,6 +434,20 @@ static int same_wal(const ship_state *ss, uint32_t s1, uint32_t s2) {
     return ss->cur_known && ss->cur.salt1 == s1 && ss->cur.salt2 == s2;
 }
 
+/* Makes the WAL with header h current, nothing consumed from it yet (its
+** header checksum seeds the frame checksum chain). */
+void ship_start_wal(ship_state *ss, const wal_hdr *h) {
+    ss->cur.salt1 = h->salt1;
+    ss->cur.salt2 = h->salt2;
+    ss->cur.frame = 0;
+    ss->cur.ck1 = h->ck1;
+    ss->cur.ck2 = h->ck2;
+    ss->big_endian = (int)(h->magic & 1);
+    ss->cur.flags = ss->big_endian ? WS_WALPOS_BIGEND : 0;
+    ss->pending_mx = 0;
+    ss->nwm = 0;
+}
+
 /* A writer records a WAL's end (and the next WAL's begin) just before it
 ** restarts, truncates or deletes the WAL; killed in between, it leaves a WAL
 ** that lives on: the next process recovers it and appends to it. When
@@ -493,15 +507,8 @@ static int revive_wal(shipper *sh, uint32_t s1, uint32_t s2) {
                  h.page_size == ss->page_size;
         if (fd >= 0) close(fd);
         if (ok) {
-            ss->cur.salt1 = h.salt1;
-            ss->cur.salt2 = h.salt2;
-            ss->cur.frame = 0;
-            ss->cur.ck1 = h.ck1;
-            ss->cur.ck2 = h.ck2;
-            ss->big_endian = (int)(h.magic & 1);
-            ss->cur.flags = ss->big_endian ? WS_WALPOS_BIGEND : 0;
+            ship_start_wal(ss, &h);
             ss->nbegun = 0;
-            ss->nwm = 0;
             return 1;
         }
     }
@@ -637,15 +644,7 @@ static int apply_record(shipper *sh, const spool_rec *r, wserr *err) {
         memset(&ss->rec.end_id, 0, sizeof ss->rec.end_id);
         wal_hdr h;
         wal_hdr_parse(r->wal_hdr, &h);
-        ss->cur.salt1 = h.salt1;
-        ss->cur.salt2 = h.salt2;
-        ss->cur.frame = 0;
-        ss->cur.ck1 = h.ck1;
-        ss->cur.ck2 = h.ck2;
-        ss->big_endian = (int)(h.magic & 1);
-        ss->cur.flags = ss->big_endian ? WS_WALPOS_BIGEND : 0;
-        ss->pending_mx = 0;
-        ss->nwm = 0;
+        ship_start_wal(ss, &h);
         return 0;
     }
     default:

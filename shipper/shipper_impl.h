@@ -146,6 +146,8 @@ void snapjob_free(snapjob *j);
 
 /* ship.c helpers used by snapjob.c */
 int ship_read_wal_frames(shipper *sh, uint32_t upto, wserr *err);
+/* Makes the WAL with header h current, nothing consumed from it yet. */
+void ship_start_wal(ship_state *ss, const wal_hdr *h);
 /* Makes the live position durable (state file) and publishes it to the VFS. */
 int ship_save_state(shipper *sh, wserr *err);
 /* Closes the open segment (if any) into the queue; fails inside a transaction. */

@@ -284,12 +284,7 @@ static int place_genstart(shipper *sh, snapjob *j, int *retry, wserr *err) {
             ih.mx_frame > mx)
             mx = ih.mx_frame;
         if (mx == 0 && !have_shm) mx = scan_committed(fd, &h);
-        ss->cur.salt1 = h.salt1;
-        ss->cur.salt2 = h.salt2;
-        ss->cur.ck1 = h.ck1;
-        ss->cur.ck2 = h.ck2;
-        ss->big_endian = (int)(h.magic & 1);
-        ss->cur.flags = ss->big_endian ? WS_WALPOS_BIGEND : 0;
+        ship_start_wal(ss, &h);
         ss->pending_mx = mx;
         int rc = ship_read_wal_frames(sh, mx, err);
         if (rc) {
