@@ -104,6 +104,8 @@ int cmd_ship(int argc, char **argv) {
     return status;
 }
 
+int cmd_replica_status(const char *path, int json); /* cli/cmd_replica.c */
+
 int cmd_status(int argc, char **argv) {
     const char *db = NULL, *spool_dir = NULL;
     int json = 0;
@@ -120,6 +122,8 @@ int cmd_status(int argc, char **argv) {
     if (db == NULL) return cli_usage("status", "usage: walship status DB [--json]");
     char path[4096], dir[4200];
     if (full_path("status", db, path, sizeof path)) return 1;
+    int replica_rc = cmd_replica_status(path, json); /* -1: not a replica */
+    if (replica_rc >= 0) return replica_rc;
     const char *base = getenv("WALSHIP_SPOOL_DIR");
     const char *slash = strrchr(path, '/');
     if (spool_dir)
