@@ -525,13 +525,13 @@ static int wsOpen(sqlite3_vfs *pVfs, sqlite3_filename zName, sqlite3_file *pFile
         if (ws_config_load(&cfg, zName, uri_param, (void *)zName, &err) != 0) {
             if (!(flags & SQLITE_OPEN_READONLY) || err.code != WALSHIP_ERR_INVALID ||
                 strstr(err.msg, "no destination") == NULL) {
-                WS_ERROR("open_refused", "db=%s err=\"%s\"", zName, err.msg);
+                WS_ERROR("open_refused", "err=\"%s\"", err.msg);
                 pFile->pMethods = NULL;
                 return SQLITE_CANTOPEN;
             }
             /* Read-only without a destination: a plain reader, not shipped. */
         } else if (shipper_attach(zName, &cfg, &f->sh, &err) != 0) {
-            WS_ERROR("open_refused", "db=%s err=\"%s\"", zName, err.msg);
+            WS_ERROR("open_refused", "err=\"%s\" db=%s", err.msg, zName);
             pFile->pMethods = NULL;
             return SQLITE_CANTOPEN;
         }
