@@ -31,8 +31,20 @@ int main(void) {
     return 0;
 }
 C
+# A sanitizer build's library needs the sanitizer runtime in the program
+# too, and first in line for anything that loads walship.so.
+san=()
+preload=
+if [[ -n ${WALSHIP_SANITIZE:-} ]]; then
+    san=(-fsanitize="$WALSHIP_SANITIZE")
+    case $WALSHIP_SANITIZE in
+    *address*) preload=$(gcc -print-file-name=libasan.so) ;;
+    *thread*) preload=$(gcc -print-file-name=libtsan.so) ;;
+    esac
+    export ASAN_OPTIONS=detect_leaks=0
+fi
 # shellcheck disable=SC2046
-cc -o "$tmp/use" "$tmp/use.c" $(pkg-config --cflags --libs walship)
+cc "${san[@]}" -o "$tmp/use" "$tmp/use.c" $(pkg-config --cflags --libs walship)
 LD_LIBRARY_PATH=$(dirname "$(find "$tmp/prefix" -name 'libwalship.so' | head -1)") "$tmp/use" | grep -q '^walship 0\.'
 
 ext=$(find "$tmp/prefix" -name walship.so | head -1)
@@ -43,8 +55,9 @@ fi
 if ldd "$ext" | grep -q libsqlite3; then echo "walship.so links libsqlite3"; exit 1; fi
 nm -D --defined-only "$ext" | grep -q ' sqlite3_walship_init$'
 
-out=$(printf '.load %s\nSELECT name FROM pragma_function_list WHERE 0;\n' "${ext%.so}" | sqlite3 :memory: 2>&1) || { echo "$out"; exit 1; }
+out=$(printf '.load %s\nSELECT name FROM pragma_function_list WHERE 0;\n' "${ext%.so}" |
+      LD_PRELOAD=$preload sqlite3 :memory: 2>&1) || { echo "$out"; exit 1; }
 # A database opened through the VFS with no destination is refused, loudly.
-err=$(sqlite3 -cmd ".load ${ext%.so}" "file:$tmp/x.db?vfs=walship" "CREATE TABLE t(x)" 2>&1 || true)
+err=$(LD_PRELOAD=$preload sqlite3 -cmd ".load ${ext%.so}" "file:$tmp/x.db?vfs=walship" "CREATE TABLE t(x)" 2>&1 || true)
 echo "$err" | grep -qi "unable to open" || { echo "expected a refusal, got: $err"; exit 1; }
 echo "install, pkg-config and extension checks passed"
