@@ -15,19 +15,20 @@ static int host_is_big_endian(void) {
 
 void wal_cksum_update(wal_cksum *c, const uint8_t *p, size_t n) {
     uint32_t s1 = c->s1, s2 = c->s2;
-    if (c->big_endian) {
+    if (c->big_endian == host_is_big_endian()) {
+        /* Words in host order: plain loads (memcpy keeps them aligned-safe). */
         for (size_t i = 0; i + 8 <= n; i += 8) {
-            s1 += ws_get_be32(p + i) + s2;
-            s2 += ws_get_be32(p + i + 4) + s1;
+            uint32_t w[2];
+            memcpy(w, p + i, 8);
+            s1 += w[0] + s2;
+            s2 += w[1] + s1;
         }
     } else {
         for (size_t i = 0; i + 8 <= n; i += 8) {
-            uint32_t a = (uint32_t)p[i] | (uint32_t)p[i + 1] << 8 | (uint32_t)p[i + 2] << 16 |
-                         (uint32_t)p[i + 3] << 24;
-            uint32_t b = (uint32_t)p[i + 4] | (uint32_t)p[i + 5] << 8 |
-                         (uint32_t)p[i + 6] << 16 | (uint32_t)p[i + 7] << 24;
-            s1 += a + s2;
-            s2 += b + s1;
+            uint32_t w[2];
+            memcpy(w, p + i, 8);
+            s1 += __builtin_bswap32(w[0]) + s2;
+            s2 += __builtin_bswap32(w[1]) + s1;
         }
     }
     c->s1 = s1;

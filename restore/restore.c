@@ -347,7 +347,8 @@ static int apply_segment(builder *b, const cat_seg *s, const wsbuf *obj, uint64_
             if (b->r->chk != ev.post_chk) {
                 rc = wserr_set(err, WALSHIP_ERR_CORRUPT,
                                "segment %s: transaction %" PRIu64
-                               " does not produce its recorded checksum (the object is damaged)",
+                               " does not produce its recorded checksum (the object is damaged, "
+                               "or it belongs to another history)",
                                s->key, ev.txid);
                 break;
             }
