@@ -674,6 +674,10 @@ static int conn_open(replica *r, wserr *err) {
         conn_close(r);
         return WALSHIP_ERR_SQLITE;
     }
+    /* Closing must not try to checkpoint: that attempt holds the database
+    ** file's PENDING lock for a moment, and a reader opening its
+    ** connection then (with no busy handler) would get SQLITE_BUSY. */
+    r->sql->db_config(r->db, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, (int *)NULL);
     char v[32];
     if ((rc = sql_exec(r, "PRAGMA busy_timeout=5000", NULL, err)) ||
         (rc = sql_exec(r, "PRAGMA wal_autocheckpoint=0", NULL, err)) ||

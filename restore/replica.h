@@ -58,12 +58,14 @@ typedef struct replica_sqlite {
     const char *(*errmsg)(sqlite3 *);
     void (*free)(void *);
     sqlite3_vfs *(*vfs_find)(const char *);
+    int (*db_config)(sqlite3 *, int, ...);
 } replica_sqlite;
 
 /* The table for a program linked with libsqlite3. */
 #define REPLICA_SQLITE_LINKED                                                         \
     {sqlite3_open_v2,   sqlite3_close,  sqlite3_exec, sqlite3_file_control,           \
-     sqlite3_wal_checkpoint_v2, sqlite3_errmsg, sqlite3_free, sqlite3_vfs_find}
+     sqlite3_wal_checkpoint_v2, sqlite3_errmsg, sqlite3_free, sqlite3_vfs_find,     \
+     sqlite3_db_config}
 
 typedef struct replica_opts {
     const char *url;           /* the store (what the primary ships to) */

@@ -50,8 +50,10 @@ static void rt_track(pid_t pid) {
         rt_parent = getpid();
         atexit(rt_kill_children);
     }
+    /* Never reaps here: a child's exit status belongs to rt_wait, which
+    ** frees the slot when it collects it. */
     for (int i = 0; i < rt_nchildren; i++)
-        if (rt_children[i] <= 0 || waitpid(rt_children[i], NULL, WNOHANG) == rt_children[i]) {
+        if (rt_children[i] <= 0) {
             rt_children[i] = pid;
             return;
         }
@@ -116,7 +118,11 @@ static __attribute__((unused)) int rt_wait(pid_t pid, int64_t timeout_ms) {
     for (;;) {
         int st;
         pid_t r = waitpid(pid, &st, WNOHANG);
-        if (r == pid) return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+        if (r == pid) {
+            for (int i = 0; i < rt_nchildren; i++)
+                if (rt_children[i] == pid) rt_children[i] = 0;
+            return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+        }
         if (r < 0) return -1;
         if (ws_mono_ms() > deadline) return -1;
         ws_sleep_ms(5);
@@ -191,6 +197,37 @@ static __attribute__((unused)) int rt_files_equal(const char *a, const char *b) 
 }
 
 /* ---- the bank invariant readers ------------------------------------------- */
+typedef struct {
+    sqlite3 *db;
+    sqlite3_stmt *sum, *qc, *begin, *commit;
+} rt_reader_conn;
+
+static __attribute__((unused)) void rt_reader_close(rt_reader_conn *c) {
+    sqlite3_finalize(c->sum);
+    sqlite3_finalize(c->qc);
+    sqlite3_finalize(c->begin);
+    sqlite3_finalize(c->commit);
+    sqlite3_close(c->db);
+    memset(c, 0, sizeof *c);
+}
+
+/* Opens a reader's connection and its statements; the extended result code
+** of the first failure (c->db is kept for its message). */
+static __attribute__((unused)) int rt_reader_open(rt_reader_conn *c, const char *uri,
+                                                  const char *vfs, int busy_ms) {
+    memset(c, 0, sizeof *c);
+    int rc = sqlite3_open_v2(uri, &c->db, SQLITE_OPEN_READONLY | SQLITE_OPEN_URI, vfs);
+    if (rc != SQLITE_OK) return rc;
+    sqlite3_extended_result_codes(c->db, 1);
+    if (busy_ms > 0) sqlite3_busy_timeout(c->db, busy_ms);
+    rc = sqlite3_prepare_v2(c->db, "SELECT coalesce(sum(balance),0), count(*) FROM accounts", -1,
+                            &c->sum, NULL);
+    if (rc == SQLITE_OK) rc = sqlite3_prepare_v2(c->db, "PRAGMA quick_check", -1, &c->qc, NULL);
+    if (rc == SQLITE_OK) rc = sqlite3_prepare_v2(c->db, "BEGIN", -1, &c->begin, NULL);
+    if (rc == SQLITE_OK) rc = sqlite3_prepare_v2(c->db, "COMMIT", -1, &c->commit, NULL);
+    return rc == SQLITE_OK ? rc : sqlite3_extended_errcode(c->db);
+}
+
 /* argv: reader DB STOPFILE RESULTFILE TOTAL [long|tight|churn] [VFS] [BUSY_MS]
 ** ("churn": a new connection for every read transaction; BUSY_MS: a busy
 ** timeout, none by default.)
@@ -211,25 +248,16 @@ static __attribute__((unused)) int rt_reader_main(int argc, char **argv) {
     char uri[4200];
     snprintf(uri, sizeof uri, "file:%s?mode=ro", db_path);
     if (vfs && strcmp(vfs, "walship") == 0 && walship_register(NULL, 0) != SQLITE_OK) return 3;
-    sqlite3 *db = NULL;
     uint64_t reads = 0, violations = 0, busy = 0, errors = 0, changes = 0, recovery = 0;
     char last_err[256] = "";
-    int rc = sqlite3_open_v2(uri, &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_URI, vfs);
+    rt_reader_conn conn = {0};
+    int rc = rt_reader_open(&conn, uri, vfs, busy_ms);
     if (rc != SQLITE_OK) {
-        fprintf(stderr, "reader: open %s: %s\n", uri, sqlite3_errmsg(db));
+        fprintf(stderr, "reader: open %s: %s\n", uri, conn.db ? sqlite3_errmsg(conn.db) : "?");
         return 3;
     }
-    sqlite3_extended_result_codes(db, 1);
-    if (busy_ms > 0) sqlite3_busy_timeout(db, busy_ms);
-    sqlite3_stmt *sum = NULL, *qc = NULL, *begin = NULL, *commit = NULL;
-    if (sqlite3_prepare_v2(db, "SELECT coalesce(sum(balance),0), count(*) FROM accounts", -1, &sum,
-                           NULL) != SQLITE_OK ||
-        sqlite3_prepare_v2(db, "PRAGMA quick_check", -1, &qc, NULL) != SQLITE_OK ||
-        sqlite3_prepare_v2(db, "BEGIN", -1, &begin, NULL) != SQLITE_OK ||
-        sqlite3_prepare_v2(db, "COMMIT", -1, &commit, NULL) != SQLITE_OK) {
-        fprintf(stderr, "reader: prepare: %s\n", sqlite3_errmsg(db));
-        return 3;
-    }
+    sqlite3 *db = conn.db;
+    sqlite3_stmt *sum = conn.sum, *qc = conn.qc, *begin = conn.begin, *commit = conn.commit;
     int64_t snap_sum = 0, snap_count = -1;
     uint64_t snap_hash = 0;
     int in_long = 0, ready_done = 0;
@@ -289,24 +317,28 @@ static __attribute__((unused)) int rt_reader_main(int argc, char **argv) {
         if (rc != SQLITE_DONE) goto step_err;
         reads++;
         if (churn) {
-            sqlite3_finalize(sum);
-            sqlite3_finalize(qc);
-            sqlite3_finalize(begin);
-            sqlite3_finalize(commit);
-            sqlite3_close(db);
-            db = NULL;
-            sum = qc = begin = commit = NULL;
-            rc = sqlite3_open_v2(uri, &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_URI, vfs);
-            if (rc == SQLITE_OK) sqlite3_extended_result_codes(db, 1);
-            if (rc == SQLITE_OK && busy_ms > 0) sqlite3_busy_timeout(db, busy_ms);
-            if (rc == SQLITE_OK) rc = sqlite3_prepare_v2(db, "SELECT coalesce(sum(balance),0), count(*) FROM accounts", -1, &sum, NULL);
-            if (rc == SQLITE_OK) rc = sqlite3_prepare_v2(db, "PRAGMA quick_check", -1, &qc, NULL);
-            if (rc == SQLITE_OK) rc = sqlite3_prepare_v2(db, "BEGIN", -1, &begin, NULL);
-            if (rc == SQLITE_OK) rc = sqlite3_prepare_v2(db, "COMMIT", -1, &commit, NULL);
-            if (rc != SQLITE_OK) {
-                fprintf(stderr, "reader: reopen: %s\n", db ? sqlite3_errmsg(db) : "?");
-                return 3;
+            rt_reader_close(&conn);
+            /* Opening reads the schema, a read transaction like any other:
+            ** a wal-index recovery in progress elsewhere answers it
+            ** SQLITE_BUSY_RECOVERY (counted, retried); anything else ends
+            ** the reader. */
+            while ((rc = rt_reader_open(&conn, uri, vfs, busy_ms)) != SQLITE_OK) {
+                if (rc == SQLITE_BUSY_RECOVERY) {
+                    recovery++;
+                } else if ((rc & 0xff) == SQLITE_BUSY) {
+                    busy++;
+                } else {
+                    fprintf(stderr, "reader: reopen: %s\n", conn.db ? sqlite3_errmsg(conn.db) : "?");
+                    rt_reader_close(&conn);
+                    return 3;
+                }
+                snprintf(last_err, sizeof last_err, "reopen: rc=%d %s", rc, sqlite3_errmsg(conn.db));
+                rt_reader_close(&conn);
+                if (rt_exists(stop)) break;
             }
+            if (!conn.db) break;
+            db = conn.db;
+            sum = conn.sum, qc = conn.qc, begin = conn.begin, commit = conn.commit;
         }
         continue;
     step_err:
@@ -324,12 +356,8 @@ static __attribute__((unused)) int rt_reader_main(int argc, char **argv) {
         if (sqlite3_get_autocommit(db) == 0) sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
         in_long = 0;
     }
-    if (in_long) sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
-    sqlite3_finalize(sum);
-    sqlite3_finalize(qc);
-    sqlite3_finalize(begin);
-    sqlite3_finalize(commit);
-    sqlite3_close(db);
+    if (in_long && db) sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
+    rt_reader_close(&conn);
     FILE *f = fopen(result, "w");
     if (f) {
         fprintf(f,
