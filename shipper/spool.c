@@ -62,6 +62,7 @@ struct spool {
     /* producer state: touched only under SQLite's WAL write lock */
     int wr_fd;
     uint64_t wr_seq;
+    uint64_t dir_synced_seq; /* log files up to this one have a durable directory entry */
     /* consumer state: touched only by the shipper task */
     int rd_fd;
     uint64_t rd_seq;
@@ -112,21 +113,27 @@ static int open_log(const spool *sp, uint64_t seq, int flags, wserr *err) {
 }
 
 /* Creates log file seq (truncating any leftover of a crashed rotation) with
-** its header, durably. Returns the fd or a negative walship_err. */
-static int create_log(spool *sp, uint64_t seq, wserr *err) {
+** its header. With durable, the file and its directory entry are synced;
+** otherwise that is left to the first synced append (spool_append), so a
+** rotation on the commit path costs no fsync. Returns the fd or a negative
+** walship_err. */
+static int create_log(spool *sp, uint64_t seq, int durable, wserr *err) {
     int fd = open_log(sp, seq, O_RDWR | O_CREAT | O_TRUNC, err);
     if (fd < 0) return fd;
     uint8_t hdr[SPOOL_FILE_HDR_SIZE];
     spool_file_hdr_encode(hdr);
-    if (ws_pwrite_all(fd, hdr, sizeof hdr, 0) != 0 || fdatasync(fd) != 0) {
+    if (ws_pwrite_all(fd, hdr, sizeof hdr, 0) != 0 || (durable && fdatasync(fd) != 0)) {
         int e = errno;
         close(fd);
         return -wserr_errno(err, wserr_from_errno(e), e, "write spool log header in %s", sp->dir);
     }
-    int rc = ws_fsync_dir_of(sp->dir, err);
-    if (rc) {
-        close(fd);
-        return -rc;
+    if (durable) {
+        int rc = ws_fsync_dir_of(sp->dir, err);
+        if (rc) {
+            close(fd);
+            return -rc;
+        }
+        sp->dir_synced_seq = seq;
     }
     return fd;
 }
@@ -290,7 +297,7 @@ static int rebuild_ctl(spool *sp, wserr *err) {
         last_end = end;
     }
     if (last_seq == 0) {
-        int fd = create_log(sp, 1, err);
+        int fd = create_log(sp, 1, 1, err);
         if (fd < 0) {
             rc = -fd;
             goto out;
@@ -417,7 +424,7 @@ static int rotate_locked(spool *sp, uint64_t seq, uint64_t end, wserr *err) {
     if (rc) return rc;
     if (ftruncate(sp->wr_fd, (off_t)end) != 0)
         return wserr_errno(err, wserr_from_errno(errno), errno, "trim spool log in %s", sp->dir);
-    int fd = create_log(sp, seq + 1, err);
+    int fd = create_log(sp, seq + 1, 0, err);
     if (fd < 0) return -fd;
     close(sp->wr_fd);
     sp->wr_fd = fd;
@@ -448,8 +455,18 @@ int spool_append(spool *sp, const uint8_t *rec, size_t n, int sync, wserr *err) 
     if (ws_pwrite_all(sp->wr_fd, rec, n, (off_t)end) != 0)
         return wserr_errno(err, wserr_from_errno(errno), errno, "append to spool log in %s",
                            sp->dir);
-    if (sync && fdatasync(sp->wr_fd) != 0)
-        return wserr_errno(err, wserr_from_errno(errno), errno, "sync spool log in %s", sp->dir);
+    if (sync) {
+        if (fdatasync(sp->wr_fd) != 0)
+            return wserr_errno(err, wserr_from_errno(errno), errno, "sync spool log in %s",
+                               sp->dir);
+        /* A log file created without a sync needs its directory entry made
+        ** durable too, once (per process). */
+        if (seq > sp->dir_synced_seq) {
+            rc = ws_fsync_dir_of(sp->dir, err);
+            if (rc) return rc;
+            sp->dir_synced_seq = seq;
+        }
+    }
     publish_end(sp, seq, end + n);
     return 0;
 }

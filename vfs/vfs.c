@@ -219,7 +219,11 @@ static int materialize(ws_file *f, const wal_source *src, uint32_t salt1, uint32
     spool_dbid id;
     db_identity(f->sh, &id);
     size_t n = spool_rec_encode_end(rec, salt1, salt2, mx, reason, ws_now_ms(), &id);
-    if (spool_append(sp, rec, n, reason != SPOOL_END_RESTART, &err) != 0) {
+    /* Copied frames must be durable before the WAL is overwritten or
+    ** removed; syncing the end record makes them so. Without any, only the
+    ** record of the switch is at stake: lost to a power failure, it costs a
+    ** new generation, never a transaction. */
+    if (spool_append(sp, rec, n, wrote, &err) != 0) {
         shipper_report_error(f->sh, "spool append failed: %s", err.msg);
         return err.code == WALSHIP_ERR_NOSPACE ? SQLITE_FULL : SQLITE_IOERR_WRITE;
     }
@@ -286,7 +290,9 @@ static int on_wal_header(ws_file *w, const uint8_t *hdrbuf) {
     size_t n = spool_rec_encode_begin(rec, hdrbuf, ws_now_ms(), &id);
     wserr err = {0};
     spool *sp = shipper_spool(db->sh);
-    if (spool_append(sp, rec, n, 1, &err) != 0) {
+    /* Not synced: whatever came before it already is (materialize), and a
+    ** begin record lost to a power failure costs a new generation. */
+    if (spool_append(sp, rec, n, 0, &err) != 0) {
         shipper_report_error(db->sh, "spool append failed: %s", err.msg);
         return err.code == WALSHIP_ERR_NOSPACE ? SQLITE_FULL : SQLITE_IOERR_WRITE;
     }
