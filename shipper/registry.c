@@ -199,6 +199,15 @@ static void *worker_main(void *arg) {
 /* Starts the workers on first use (pool.mu held). */
 static int pool_start_locked(wserr *err) {
     if (pool.nthreads > 0) return 0;
+    /* Worker deadlines are monotonic (deadline_in): the condition variable
+    ** must wait on that clock, or every wait ends at once and idle workers
+    ** spin. Nobody waits on it while no worker runs. */
+    static int cv_mono;
+    if (!cv_mono) {
+        pthread_cond_destroy(&pool.cv);
+        cond_init_mono(&pool.cv);
+        cv_mono = 1;
+    }
     int n = 2;
     const char *env = getenv("WALSHIP_THREADS");
     if (env && *env) {

@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "common/util.h"
 #include "dbutil.h"
@@ -101,5 +102,23 @@ int main(void) {
         CHECK(files_equal(paths[d], out));
         sqlite3_close(db);
     }
+
+    /* Idle is idle: with a database open and nothing to ship, the worker
+    ** threads sleep. (A condition variable waiting on the wrong clock once
+    ** made every wait return at once: two threads spinning forever.) A
+    ** spinning worker burns the whole interval; a sleeping pool almost
+    ** nothing. */
+    sqlite3 *idle = db_open_walship(paths[0], urls[0], NULL);
+    db_exec(idle, "INSERT INTO t VALUES (-1, -1, NULL)");
+    CHECK_EQ(walship_flush(paths[0], 60000), 1);
+    struct timespec c0, c1;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c0);
+    int64_t w0 = ws_mono_ms();
+    while (ws_mono_ms() - w0 < 1500) ws_sleep_ms(100);
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c1);
+    int64_t cpu_ms = (int64_t)(c1.tv_sec - c0.tv_sec) * 1000 + (c1.tv_nsec - c0.tv_nsec) / 1000000;
+    fprintf(stderr, "idle for 1.5 s: %lld ms of CPU\n", (long long)cpu_ms);
+    CHECK(cpu_ms < 500);
+    sqlite3_close(idle);
     return 0;
 }
