@@ -4,7 +4,8 @@
 **
 ** USAGE
 **   walship replica s3://bucket/app /var/lib/app/replica.db \
-**       [--poll-ms 200] [--metrics 127.0.0.1:9464]
+**       [--poll-ms 200] [--metrics 127.0.0.1:9464] [--checkpoint-frames 1000]
+**       [--parallel 4] [--no-sync]
 **   Applications read PATH with any SQLite: file:replica.db?mode=ro.
 **   `walship status PATH` shows the replica's position and lag;
 **   GET http://127.0.0.1:9464/metrics gives the same in Prometheus text
@@ -280,7 +281,8 @@ int cmd_replica(int argc, char **argv) {
     }
     if (url == NULL || path == NULL)
         return cli_usage("replica",
-                         "usage: walship replica URL PATH [--poll-ms N] [--metrics 127.0.0.1:PORT]");
+                         "usage: walship replica URL PATH [--poll-ms N] [--metrics 127.0.0.1:PORT] "
+                         "[--checkpoint-frames N] [--parallel N] [--no-sync]");
     if (getenv("WALSHIP_LOG") == NULL) ws_log_set_stderr_level(WS_LOG_INFO);
     static const replica_sqlite api = REPLICA_SQLITE_LINKED;
     o.url = url;

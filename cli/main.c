@@ -34,6 +34,7 @@ static void usage(FILE *out) {
             "                        uploads everything pending and exits\n"
             "  status DB [--json]    shipping status of a database\n"
             "  replica URL PATH [--poll-ms N] [--metrics ADDR:PORT]\n"
+            "          [--checkpoint-frames N] [--parallel N] [--no-sync]\n"
             "                        keep a read-only replica of the database at PATH\n"
             "  version               print the version\n"
             "  help                  print this help\n"

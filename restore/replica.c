@@ -1188,6 +1188,8 @@ static void set_phase_status(replica *r, int st) {
     status_lock(r);
     r->status.state = st;
     status_unlock(r);
+    /* a bootstrap is one long round: say so before it starts */
+    if (r->locked) status_write(r, 1);
 }
 
 /* Restores the newest state into fd. On success the plan's generation and

@@ -315,6 +315,12 @@ static int consume_frame(shipper *sh, const uint8_t *frame, uint32_t index, wser
     }
     ss->rec.last_commit_ms = t;
     ss->tx_open = 0;
+    /* A folded transaction is in the snapshot's overlay, which is all a
+    ** generation start needs of it (cut short by a crash, the start begins
+    ** again from the database file): the VFS need not copy it before a WAL
+    ** restart. Without this, every restart during a long snapshot would copy
+    ** and sync a whole WAL on the checkpointer's time. */
+    if (fold) spool_shipped_set(sh->sp, ss->cur.salt1, ss->cur.salt2, index);
     return 0;
 }
 

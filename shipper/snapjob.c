@@ -48,7 +48,7 @@
 #include "../common/util.h"
 #include "shipper_impl.h"
 
-#define COPY_BYTES_PER_STEP ((uint64_t)32 << 20)
+#define COPY_BYTES_PER_STEP ((uint64_t)8 << 20)
 #define FINISH_WAIT_MS 30000
 #define AHEAD_GRACE_MS 5000
 
