@@ -296,7 +296,9 @@ static int role_loopreader(char **argv) {
     while (stat(argv[2], &sb) != 0) {
         int rc = sqlite3_exec(db, "SELECT count(*), sum(length(v)) FROM bulk WHERE id % 97 = 0",
                               NULL, NULL, NULL);
-        if (rc == SQLITE_BUSY) busy++;
+        if ((rc & 0xff) == SQLITE_BUSY && busy++ == 0)
+            fprintf(stderr, "loopreader: rc=%d %s\n", sqlite3_extended_errcode(db),
+                    sqlite3_errmsg(db));
     }
     sqlite3_close(db);
     return busy ? 2 : 0;

@@ -2101,8 +2101,16 @@ int replica_run(replica *r, volatile sig_atomic_t *stop, wserr *err) {
 void replica_close(replica *r) {
     if (r == NULL) return;
     if (r->app && r->phase == PHASE_FOLLOW) {
+        /* Leave the WAL empty when no reader still needs it (TRUNCATE never
+        ** waits: busy timeout 0; readers keep their snapshots). A connection
+        ** that opens the replica while no process has it open rebuilds the
+        ** wal-index from the WAL, and others opening meanwhile without a
+        ** busy handler get SQLITE_BUSY_RECOVERY: an empty WAL makes that
+        ** instant, a long one makes it last. */
         int nlog, nckpt;
-        r->sql->wal_checkpoint_v2(r->db, "main", SQLITE_CHECKPOINT_PASSIVE, &nlog, &nckpt);
+        if (r->sql->wal_checkpoint_v2(r->db, "main", SQLITE_CHECKPOINT_TRUNCATE, &nlog, &nckpt) !=
+            SQLITE_OK)
+            r->sql->wal_checkpoint_v2(r->db, "main", SQLITE_CHECKPOINT_PASSIVE, &nlog, &nckpt);
     }
     if (r->locked && r->state_fd >= 0 && r->have_state && r->app) {
         wserr e = {0};
