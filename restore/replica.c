@@ -514,7 +514,7 @@ int replica_status_json(const char *path, char *out, size_t n) {
     wsbuf_append(&b, "", 1);
     if ((p = strstr((const char *)b.p, "\"pid\":")) != NULL) pid = atoi(p + 6);
     if ((p = strstr((const char *)b.p, "\"heartbeat_ms\":")) != NULL) hb = strtoll(p + 15, NULL, 10);
-    int alive = pid > 0 && kill(pid, 0) == 0 && ws_now_ms() - hb < 15000 &&
+    int alive = pid > 0 && (kill(pid, 0) == 0 || errno == EPERM) && ws_now_ms() - hb < 15000 &&
                 strstr((const char *)b.p, "\"state\":\"stopped\"") == NULL;
     snprintf(out, n, "%.*s,\"alive\":%s}", (int)strlen((const char *)b.p), (const char *)b.p,
              alive ? "true" : "false");
