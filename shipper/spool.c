@@ -577,9 +577,10 @@ int spool_read(spool *sp, spool_pos *pos, wsbuf *buf, spool_rec *rec, wserr *err
 }
 
 void spool_trim(spool *sp, spool_pos pos) {
-    static int keep = -1; /* WALSHIP_DEBUG_KEEP_SPOOL=1: keep every log file (debugging) */
-    if (keep < 0) keep = getenv("WALSHIP_DEBUG_KEEP_SPOOL") != NULL;
-    if (keep) return;
+    /* WALSHIP_DEBUG_KEEP_SPOOL=1: keep every log file (debugging). Read each
+    ** time (a trim follows a log rotation, rarely): a cached flag would be
+    ** shared by the shipper threads without a lock. */
+    if (getenv("WALSHIP_DEBUG_KEEP_SPOOL") != NULL) return;
     uint64_t *seqs = NULL;
     size_t n = 0;
     if (list_logs(sp, &seqs, &n, NULL) != 0) return;
