@@ -1192,6 +1192,16 @@ static void set_phase_status(replica *r, int st) {
     if (r->locked) status_write(r, 1);
 }
 
+/* Called as a restore applies (in this thread): keeps status.json's
+** heartbeat fresh through a long bootstrap, so `walship status` does not
+** call the replica dead meanwhile. */
+static void build_progress(void *ctx, uint64_t done, uint64_t total) {
+    (void)done;
+    (void)total;
+    replica *r = ctx;
+    if (r->locked) status_write(r, 0);
+}
+
 /* Restores the newest state into fd. On success the plan's generation and
 ** the catalog are returned for placing the cursor. */
 static int restore_latest(replica *r, int fd, ws_rolling *roll, restore_result *res,
@@ -1205,7 +1215,7 @@ static int restore_latest(replica *r, int fd, ws_rolling *roll, restore_result *
     status_unlock(r);
     if (rc) return rc;
     if ((rc = restore_plan_make(r->st, cat, &t, &plan, err))) return rc;
-    rc = restore_build(r->st, &plan, fd, r->o.parallel, roll, res, NULL, NULL, err);
+    rc = restore_build(r->st, &plan, fd, r->o.parallel, roll, res, build_progress, r, err);
     *gen = plan.gen;
     status_lock(r);
     r->status.bytes_downloaded += plan.bytes;
