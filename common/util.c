@@ -291,3 +291,30 @@ int ws_strlcpy(char *dst, const char *src, size_t n) {
     dst[c] = '\0';
     return c < len;
 }
+
+void ws_json_escape(char *out, size_t n, const char *s) {
+    size_t o = 0;
+    for (; *s && o + 7 < n; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') {
+            out[o++] = '\\';
+            out[o++] = (char)c;
+        } else if (c < 0x20) {
+            o += (size_t)snprintf(out + o, n - o, "\\u%04x", c);
+        } else {
+            out[o++] = (char)c;
+        }
+    }
+    out[o] = '\0';
+}
+
+void ws_redact_url(char *out, size_t n, const char *s) {
+    ws_strlcpy(out, s, n);
+    char *p = out;
+    while ((p = strstr(p, "://")) != NULL) {
+        char *start = p + 3;
+        char *end = start + strcspn(start, "/?&@");
+        if (*end == '@') memmove(start, end + 1, strlen(end + 1) + 1);
+        p = start;
+    }
+}

@@ -95,4 +95,12 @@ int ws_read_file(const char *path, size_t max, wsbuf *out, wserr *err);
 ** Returns nonzero if src was truncated. */
 int ws_strlcpy(char *dst, const char *src, size_t n);
 
+/* Writes s into out (size n) as the body of a JSON string: quotes and
+** backslashes escaped, control characters as \u00XX; truncated to fit. */
+void ws_json_escape(char *out, size_t n, const char *s);
+
+/* Copies s into out (size n) without the "user:password@" of any URL in it,
+** for status output and logs. */
+void ws_redact_url(char *out, size_t n, const char *s);
+
 #endif

@@ -306,31 +306,6 @@ void replica_set_metrics_addr(replica *r, const char *addr) {
     status_unlock(r);
 }
 
-static void json_str(char *out, size_t n, const char *s) {
-    size_t o = 0;
-    for (; *s && o + 7 < n; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') {
-            out[o++] = '\\';
-            out[o++] = (char)c;
-        } else if (c < 0x20) {
-            o += (size_t)snprintf(out + o, n - o, "\\u%04x", c);
-        } else {
-            out[o++] = (char)c;
-        }
-    }
-    out[o] = '\0';
-}
-
-/* Drops "user:password@" from a URL. */
-static void redact(char *out, size_t n, const char *url) {
-    ws_strlcpy(out, url, n);
-    char *p = strstr(out, "://");
-    if (p == NULL) return;
-    char *start = p + 3, *end = start + strcspn(start, "/?@");
-    if (*end == '@') memmove(start, end + 1, strlen(end + 1) + 1);
-}
-
 static const char *state_name(int s) {
     switch (s) {
     case REPLICA_BOOTSTRAPPING: return "bootstrapping";
@@ -343,10 +318,10 @@ static const char *state_name(int s) {
 
 void replica_status_to_json(const replica_status *s, char *out, size_t n) {
     char eurl[2300], epath[2100], eerr[1100], rurl[1100];
-    redact(rurl, sizeof rurl, s->url);
-    json_str(eurl, sizeof eurl, rurl);
-    json_str(epath, sizeof epath, s->path);
-    json_str(eerr, sizeof eerr, s->last_error);
+    ws_redact_url(rurl, sizeof rurl, s->url);
+    ws_json_escape(eurl, sizeof eurl, rurl);
+    ws_json_escape(epath, sizeof epath, s->path);
+    ws_json_escape(eerr, sizeof eerr, s->last_error);
     snprintf(out, n,
              "{\"replica\":\"%s\",\"url\":\"%s\",\"state\":\"%s\",\"pid\":%d,"
              "\"generation\":\"%016" PRIx64 "\",\"applied_txid\":%" PRIu64
@@ -395,7 +370,7 @@ void replica_metrics_text(const replica_status *s, char *out, size_t n) {
     char db[2100], err[1100], url[1100], rurl[1100];
     prom_label(db, sizeof db, s->path);
     prom_label(err, sizeof err, s->last_error);
-    redact(rurl, sizeof rurl, s->url);
+    ws_redact_url(rurl, sizeof rurl, s->url);
     prom_label(url, sizeof url, rurl);
     size_t o = 0;
 #define EMIT(...)                                                                   \
@@ -2035,7 +2010,7 @@ int replica_open(const replica_opts *o, replica **out, wserr *err) {
         r->status.applied_txid = r->saved.txid;
         r->status.applied_commit_ms = r->saved.commit_ms;
     }
-    redact(r->status.url, sizeof r->status.url, r->url);
+    ws_redact_url(r->status.url, sizeof r->status.url, r->url);
     ws_strlcpy(r->status.path, r->path, sizeof r->status.path);
     *out = r;
     return 0;

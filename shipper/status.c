@@ -14,35 +14,6 @@
 #include "shipper.h"
 #include "shipstate.h"
 
-/* Appends s to out as a JSON string body (quotes added by the caller). */
-static void json_escape(char *out, size_t n, const char *s) {
-    size_t o = 0;
-    for (; *s && o + 7 < n; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') {
-            out[o++] = '\\';
-            out[o++] = (char)c;
-        } else if (c < 0x20) {
-            o += (size_t)snprintf(out + o, n - o, "\\u%04x", c);
-        } else {
-            out[o++] = (char)c;
-        }
-    }
-    out[o] = '\0';
-}
-
-/* Drops "user:password@" from any URL embedded in s. */
-static void redact_url(char *out, size_t n, const char *s) {
-    ws_strlcpy(out, s, n);
-    char *p = out;
-    while ((p = strstr(p, "://")) != NULL) {
-        char *start = p + 3;
-        char *end = start + strcspn(start, "/?&@");
-        if (*end == '@') memmove(start, end + 1, strlen(end + 1) + 1);
-        p = start;
-    }
-}
-
 static uint64_t dir_bytes(const char *dir, int depth) {
     uint64_t total = 0;
     DIR *d = opendir(dir);
@@ -109,10 +80,10 @@ void ws_status_json(spool *sp, const char *db_path, const char *url, char *out, 
     if (snprintf(wal, sizeof wal, "%s-wal", db_path) < (int)sizeof wal && stat(wal, &ws) == 0)
         wal_bytes = (uint64_t)ws.st_size;
     char edb[1024], eurl[2048], eerr[600], rurl[2048];
-    json_escape(edb, sizeof edb, db_path);
-    redact_url(rurl, sizeof rurl, url ? url : "");
-    json_escape(eurl, sizeof eurl, rurl);
-    json_escape(eerr, sizeof eerr, st.last_error);
+    ws_json_escape(edb, sizeof edb, db_path);
+    ws_redact_url(rurl, sizeof rurl, url ? url : "");
+    ws_json_escape(eurl, sizeof eurl, rurl);
+    ws_json_escape(eerr, sizeof eerr, st.last_error);
     int alive = st.heartbeat_ms > 0 && now - st.heartbeat_ms < 10000;
     snprintf(out, n,
              "{\"db\":\"%s\",\"url\":\"%s\",\"generation\":\"%016" PRIx64 "\",\"txid\":%" PRIu64

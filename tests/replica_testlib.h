@@ -391,6 +391,25 @@ static __attribute__((unused)) int rt_read_result(const char *path, rt_reader_re
                : -1;
 }
 
+/* Waits for reader `pid` (after its stop file was touched) and checks its
+** result: it exited 0, read at least min_reads times, and saw no broken
+** invariant, SQLITE_BUSY, error or change of a held snapshot; nor
+** SQLITE_BUSY_RECOVERY unless allow_recovery (readers without a busy
+** handler while the replica is killed between its two header copies). */
+static __attribute__((unused)) void rt_reader_finish(int i, pid_t pid, const char *result,
+                                                     uint64_t min_reads, int allow_recovery) {
+    CHECK_EQ(rt_wait(pid, 30000), 0);
+    rt_reader_result r;
+    CHECK_EQ(rt_read_result(result, &r), 0);
+    fprintf(stderr, "   reader %d: %s", i, r.line);
+    CHECK_EQ(r.violations, 0);
+    CHECK_EQ(r.busy, 0);
+    CHECK_EQ(r.errors, 0);
+    CHECK_EQ(r.changes, 0);
+    if (!allow_recovery) CHECK_EQ(r.recovery, 0);
+    CHECK(r.reads >= min_reads);
+}
+
 /* ---- the primary: a bank through the walship VFS ---------------------------------- */
 #define RT_NACCOUNTS 100
 #define RT_TOTAL (RT_NACCOUNTS * 1000)

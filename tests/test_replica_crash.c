@@ -130,22 +130,12 @@ int main(int argc, char **argv) {
 
     fprintf(stderr, "-- stop readers; byte for byte\n");
     rt_touch(stop);
-    for (int i = 0; i < 3; i++) {
-        CHECK_EQ(rt_wait(rd[i], 30000), 0);
-        rt_reader_result r;
-        CHECK_EQ(rt_read_result(res[i], &r), 0);
-        fprintf(stderr, "   reader %d: %s", i, r.line);
-        CHECK_EQ(r.violations, 0);
-        CHECK_EQ(r.busy, 0);
-        CHECK_EQ(r.errors, 0);
-        CHECK(r.reads > 0);
-        /* A replica killed between the two wal-index header copies (the
-        ** "header" fault) leaves a torn header; the first reader to see it
-        ** rebuilds the index from the WAL, and SQLite answers other readers
-        ** that have no busy handler SQLITE_BUSY_RECOVERY meanwhile. With a
-        ** busy timeout they just wait. */
-        if (i == 2) CHECK_EQ(r.recovery, 0);
-    }
+    /* A replica killed between the two wal-index header copies (the
+    ** "header" fault) leaves a torn header; the first reader to see it
+    ** rebuilds the index from the WAL, and SQLite answers other readers
+    ** that have no busy handler SQLITE_BUSY_RECOVERY meanwhile. Reader 2
+    ** has a busy timeout: it just waits. */
+    for (int i = 0; i < 3; i++) rt_reader_finish(i, rd[i], res[i], 1, i != 2);
     char st[16384];
     CHECK_EQ(rt_replica_status(rdb, st, sizeof st), 0);
     fprintf(stderr, "   %s", st);

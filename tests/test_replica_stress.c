@@ -56,18 +56,7 @@ static void readers_start(readers *rd, int ntight, int with_long) {
 
 static void readers_stop(readers *rd) {
     rt_touch(rd->stop);
-    for (int i = 0; i < rd->n; i++) {
-        CHECK_EQ(rt_wait(rd->pid[i], 30000), 0);
-        rt_reader_result res;
-        CHECK_EQ(rt_read_result(rd->result[i], &res), 0);
-        fprintf(stderr, "   reader %d: %s", i, res.line);
-        CHECK_EQ(res.violations, 0);
-        CHECK_EQ(res.busy, 0);
-        CHECK_EQ(res.recovery, 0);
-        CHECK_EQ(res.errors, 0);
-        CHECK_EQ(res.changes, 0);
-        CHECK(res.reads > 0);
-    }
+    for (int i = 0; i < rd->n; i++) rt_reader_finish(i, rd->pid[i], rd->result[i], 1, 0);
 }
 
 int main(int argc, char **argv) {

@@ -175,6 +175,17 @@ static void rep_tx(rep_db *r, const page_set *ps, uint32_t page_size) {
     CHECK_OK(walapp_commit(r->a, ps->db_pages, &err), &err);
 }
 
+/* One source transaction applied and published in its own hold of WRITE. */
+static void rep_apply_one(rep_db *r, src_db *src, page_set *ps, uint32_t page_size) {
+    wserr err = {0};
+    walapp_info info;
+    rep_begin(r, &info);
+    src_tx(src, ps);
+    rep_tx(r, ps, page_size);
+    CHECK_OK(walapp_publish(r->a, &err), &err);
+    walapp_end(r->a);
+}
+
 static void rep_check_index(rep_db *r) {
     wserr err = {0};
     CHECK_OK(walapp_check_index(r->a, &err), &err);
@@ -218,18 +229,7 @@ static void readers_start(readers *rd, const char *db, int ntight, int with_long
 
 static void readers_stop(readers *rd, uint64_t min_reads) {
     rt_touch(rd->stop);
-    for (int i = 0; i < rd->n; i++) {
-        CHECK_EQ(rt_wait(rd->pid[i], 30000), 0);
-        rt_reader_result res;
-        CHECK_EQ(rt_read_result(rd->result[i], &res), 0);
-        fprintf(stderr, "   reader %d: %s", i, res.line);
-        CHECK_EQ(res.violations, 0);
-        CHECK_EQ(res.busy, 0);
-        CHECK_EQ(res.recovery, 0);
-        CHECK_EQ(res.errors, 0);
-        CHECK_EQ(res.changes, 0);
-        CHECK(res.reads >= min_reads);
-    }
+    for (int i = 0; i < rd->n; i++) rt_reader_finish(i, rd->pid[i], rd->result[i], min_reads, 0);
 }
 
 /* Many transactions, published one by one or in batches, no restart:
@@ -372,32 +372,19 @@ static void test_stale_entries_from_dead_writer(void) {
     readers rd;
     readers_start(&rd, r.path, 2, 0);
     page_set ps = {0};
-    wserr err = {0};
     tx_width = 4;
     walapp_set_sync(r.a, 0);
     for (int round = 0; round < 4; round++) {
         /* some real transactions, then a dead writer leaves junk entries
         ** (enough to overflow its buffer into the file and index, across a
         ** block boundary; mxFrame itself is in block 1 by the last rounds) */
-        for (int i = 0; i < 40 + round * 120; i++) {
-            walapp_info info;
-            rep_begin(&r, &info);
-            src_tx(&s, &ps);
-            rep_tx(&r, &ps, 512);
-            CHECK_OK(walapp_publish(r.a, &err), &err);
-            walapp_end(r.a);
-        }
+        for (int i = 0; i < 40 + round * 120; i++) rep_apply_one(&r, &s, &ps, 512);
         char n[16];
         snprintf(n, sizeof n, "%d", 9000 + round * 500);
         pid_t pid = rt_spawn_self(NULL, "crashwriter", r.path, "512", n, (const char *)NULL);
         CHECK_EQ(rt_wait(pid, 60000), 0);
         /* the junk is past mxFrame: readers do not see it */
-        walapp_info info;
-        rep_begin(&r, &info);
-        src_tx(&s, &ps);
-        rep_tx(&r, &ps, 512);
-        CHECK_OK(walapp_publish(r.a, &err), &err);
-        walapp_end(r.a);
+        rep_apply_one(&r, &s, &ps, 512);
         rep_check_index(&r);
     }
     tx_width = 1;
@@ -423,13 +410,7 @@ static void test_restart_rules(void) {
     CHECK_EQ(sqlite3_open_v2(r.path, &ck, SQLITE_OPEN_READWRITE, "unix"), SQLITE_OK);
     rt_int(ck, "SELECT count(*) FROM sqlite_master"); /* opens the WAL */
     walapp_info info;
-    for (int i = 0; i < 5; i++) {
-        rep_begin(&r, &info);
-        src_tx(&s, &ps);
-        rep_tx(&r, &ps, 4096);
-        CHECK_OK(walapp_publish(r.a, &err), &err);
-        walapp_end(r.a);
-    }
+    for (int i = 0; i < 5; i++) rep_apply_one(&r, &s, &ps, 4096);
     /* not backfilled: no restart */
     rep_begin(&r, &info);
     CHECK_EQ(walapp_try_restart(r.a, &err), 0);
@@ -591,15 +572,7 @@ static void test_recovery_from_wal(void) {
     src_open(&s, "src-rec.db", 4096);
     rep_open(&r, &s, "rep-rec.db");
     page_set ps = {0};
-    wserr err = {0};
-    for (int i = 0; i < 50; i++) {
-        walapp_info info;
-        rep_begin(&r, &info);
-        src_tx(&s, &ps);
-        rep_tx(&r, &ps, 4096);
-        CHECK_OK(walapp_publish(r.a, &err), &err);
-        walapp_end(r.a);
-    }
+    for (int i = 0; i < 50; i++) rep_apply_one(&r, &s, &ps, 4096);
     /* Drop the wal-index: copy db+wal aside and open the copy cold. */
     char cdb[700], cwal[700], wal[700];
     snprintf(cdb, sizeof cdb, "%s/cold.db", dir);
