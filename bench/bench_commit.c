@@ -122,26 +122,6 @@ static void commit_one(sqlite3 *db, sqlite3_stmt *ins, sqlite3_stmt *upd, int i)
     sqlite3_reset(upd);
 }
 
-static stats run_commits(sqlite3 *db, int ntx) {
-    sqlite3_stmt *ins = NULL, *upd = NULL;
-    if (sqlite3_prepare_v2(db, "INSERT INTO t(v) VALUES (?)", -1, &ins, NULL) != SQLITE_OK ||
-        sqlite3_prepare_v2(db, "UPDATE c SET n = n + 1", -1, &upd, NULL) != SQLITE_OK)
-        die(db, "prepare");
-    int64_t *lat = malloc((size_t)ntx * sizeof *lat);
-    for (int i = 0; i < ntx; i++) {
-        int64_t t0 = now_ns();
-        exec(db, "BEGIN");
-        commit_one(db, ins, upd, i);
-        exec(db, "COMMIT");
-        lat[i] = now_ns() - t0;
-    }
-    sqlite3_finalize(ins);
-    sqlite3_finalize(upd);
-    stats s = summarize(lat, ntx);
-    free(lat);
-    return s;
-}
-
 static void schema(sqlite3 *db, const char *sync) {
     char sql[256];
     snprintf(sql, sizeof sql,
@@ -224,7 +204,9 @@ static int snapshot_stored(void *arg) {
     return found;
 }
 
-/* Commits (the part 1 workload) until done(arg), checked every 64 commits. */
+/* Commits the workload (one row inserted, a counter updated) until done(arg),
+** checked every 64 commits, or until cap commits (done NULL: exactly cap);
+** lat gets each commit's latency. */
 static stats commit_until(sqlite3 *db, int64_t *lat, int64_t cap, int (*done)(void *), void *arg,
                           double *secs) {
     sqlite3_stmt *ins = NULL, *upd = NULL;
@@ -232,18 +214,26 @@ static stats commit_until(sqlite3 *db, int64_t *lat, int64_t cap, int (*done)(vo
         sqlite3_prepare_v2(db, "UPDATE c SET n = n + 1", -1, &upd, NULL) != SQLITE_OK)
         die(db, "prepare");
     int64_t n = 0, t_start = now_ns();
-    for (;;) {
+    while (n < cap) {
         int64_t t0 = now_ns();
         exec(db, "BEGIN");
         commit_one(db, ins, upd, (int)n);
         exec(db, "COMMIT");
-        if (n < cap) lat[n++] = now_ns() - t0;
-        if ((n & 63) == 0 && done(arg)) break;
+        lat[n++] = now_ns() - t0;
+        if (done && (n & 63) == 0 && done(arg)) break;
     }
-    *secs = (double)(now_ns() - t_start) / 1e9;
+    if (secs) *secs = (double)(now_ns() - t_start) / 1e9;
     sqlite3_finalize(ins);
     sqlite3_finalize(upd);
     return summarize(lat, n);
+}
+
+static stats run_commits(sqlite3 *db, int ntx) {
+    int64_t *lat = malloc((size_t)ntx * sizeof *lat);
+    if (lat == NULL) die(db, "out of memory");
+    stats s = commit_until(db, lat, ntx, NULL, NULL, NULL);
+    free(lat);
+    return s;
 }
 
 static void print_row(const char *name, stats s, const stats *base) {

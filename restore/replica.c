@@ -2091,11 +2091,10 @@ void replica_close(replica *r) {
         ** that opens the replica while no process has it open rebuilds the
         ** wal-index from the WAL, and others opening meanwhile without a
         ** busy handler get SQLITE_BUSY_RECOVERY: an empty WAL makes that
-        ** instant, a long one makes it last. */
+        ** instant, a long one makes it last. Refused by a reader, it still
+        ** backfills what it can, as PASSIVE would. */
         int nlog, nckpt;
-        if (r->sql->wal_checkpoint_v2(r->db, "main", SQLITE_CHECKPOINT_TRUNCATE, &nlog, &nckpt) !=
-            SQLITE_OK)
-            r->sql->wal_checkpoint_v2(r->db, "main", SQLITE_CHECKPOINT_PASSIVE, &nlog, &nckpt);
+        r->sql->wal_checkpoint_v2(r->db, "main", SQLITE_CHECKPOINT_TRUNCATE, &nlog, &nckpt);
     }
     if (r->locked && r->state_fd >= 0 && r->have_state && r->app) {
         wserr e = {0};

@@ -129,8 +129,8 @@ int files_equal(const char *a, const char *b) {
     return same;
 }
 
-int db_restore(const char *url, const char *out, int kind, uint64_t txid, int64_t time_ms,
-               char *msg, size_t msglen) {
+static int restore_to(const char *url, const char *out, uint64_t generation, int kind,
+                      uint64_t txid, int64_t time_ms, char *msg, size_t msglen) {
     restore_opts o;
     memset(&o, 0, sizeof o);
     o.url = url;
@@ -140,11 +140,17 @@ int db_restore(const char *url, const char *out, int kind, uint64_t txid, int64_
     o.target.kind = kind;
     o.target.txid = txid;
     o.target.time_ms = time_ms;
+    o.target.generation = generation;
     restore_result res;
     wserr err = {0};
     int rc = ws_restore(&o, &res, &err);
     if (msg) snprintf(msg, msglen, "%s", err.msg);
     return rc;
+}
+
+int db_restore(const char *url, const char *out, int kind, uint64_t txid, int64_t time_ms,
+               char *msg, size_t msglen) {
+    return restore_to(url, out, 0, kind, txid, time_ms, msg, msglen);
 }
 
 void db_txid_range(const char *url, uint64_t *first, uint64_t *last) {
@@ -328,18 +334,5 @@ size_t db_generation_list(const char *url, uint64_t *ids, uint64_t *first, uint6
 
 int db_restore_in(const char *url, const char *out, uint64_t generation, int kind, uint64_t txid,
                   char *msg, size_t msglen) {
-    restore_opts o;
-    memset(&o, 0, sizeof o);
-    o.url = url;
-    o.out_path = out;
-    o.force = 1;
-    o.parallel = 4;
-    o.target.kind = kind;
-    o.target.txid = txid;
-    o.target.generation = generation;
-    restore_result res;
-    wserr err = {0};
-    int rc = ws_restore(&o, &res, &err);
-    if (msg) snprintf(msg, msglen, "%s", err.msg);
-    return rc;
+    return restore_to(url, out, generation, kind, txid, 0, msg, msglen);
 }

@@ -60,8 +60,28 @@ static void rt_track(pid_t pid) {
     if (rt_nchildren < 256) rt_children[rt_nchildren++] = pid;
 }
 
-/* Starts `/proc/self/exe role args...` (NULL-terminated); returns its pid.
+/* Starts the program argv[0] with argv (NULL-terminated) as exe, tracked;
 ** stdout/stderr are inherited unless out_path is given (both go there). */
+static __attribute__((unused)) pid_t rt_spawn_exe(const char *exe, const char *out_path, const char *const *argv) {
+    pid_t pid = fork();
+    if (pid < 0) ws_test_fail(__FILE__, __LINE__, "fork: %s", strerror(errno));
+    if (pid == 0) {
+        if (out_path) {
+            int fd = open(out_path, O_WRONLY | O_CREAT | O_APPEND, 0644);
+            if (fd >= 0) {
+                dup2(fd, 1);
+                dup2(fd, 2);
+                close(fd);
+            }
+        }
+        execv(exe, (char *const *)argv);
+        _exit(127);
+    }
+    rt_track(pid);
+    return pid;
+}
+
+/* Starts `/proc/self/exe role args...` (NULL-terminated); returns its pid. */
 static __attribute__((unused)) pid_t rt_spawn_self(const char *out_path, const char *role, ...) {
     const char *argv[32];
     int n = 0;
@@ -73,42 +93,12 @@ static __attribute__((unused)) pid_t rt_spawn_self(const char *out_path, const c
     while ((s = va_arg(ap, const char *)) != NULL && n < 31) argv[n++] = s;
     va_end(ap);
     argv[n] = NULL;
-    pid_t pid = fork();
-    if (pid < 0) ws_test_fail(__FILE__, __LINE__, "fork: %s", strerror(errno));
-    if (pid == 0) {
-        if (out_path) {
-            int fd = open(out_path, O_WRONLY | O_CREAT | O_APPEND, 0644);
-            if (fd >= 0) {
-                dup2(fd, 1);
-                dup2(fd, 2);
-                close(fd);
-            }
-        }
-        execv("/proc/self/exe", (char *const *)argv);
-        _exit(127);
-    }
-    rt_track(pid);
-    return pid;
+    return rt_spawn_exe("/proc/self/exe", out_path, argv);
 }
 
 /* Starts a program (argv NULL-terminated). */
 static __attribute__((unused)) pid_t rt_spawn(const char *out_path, const char *const *argv) {
-    pid_t pid = fork();
-    if (pid < 0) ws_test_fail(__FILE__, __LINE__, "fork: %s", strerror(errno));
-    if (pid == 0) {
-        if (out_path) {
-            int fd = open(out_path, O_WRONLY | O_CREAT | O_APPEND, 0644);
-            if (fd >= 0) {
-                dup2(fd, 1);
-                dup2(fd, 2);
-                close(fd);
-            }
-        }
-        execv(argv[0], (char *const *)argv);
-        _exit(127);
-    }
-    rt_track(pid);
-    return pid;
+    return rt_spawn_exe(argv[0], out_path, argv);
 }
 
 /* Waits for pid; returns its exit status, 128+signal if killed, -1 if it
