@@ -178,6 +178,18 @@ static uint64_t primary_txid(sqlite3 *db) {
 
 /* ---- roles ------------------------------------------------------------------- */
 /* seed: creates the tables; writes the shipped TXID to argv[2]. */
+/* Flushes the primary, writes its TXID to path (for the parent), closes. */
+static int primary_done(sqlite3 *db, const char *path) {
+    flush_primary(db);
+    FILE *f = fopen(path, "w");
+    if (f) {
+        fprintf(f, "%" PRIu64 "\n", primary_txid(db));
+        fclose(f);
+    }
+    sqlite3_close(db);
+    return 0;
+}
+
 static int role_seed(char **argv) {
     sqlite3 *db = open_primary();
     exec_sql(db, "CREATE TABLE IF NOT EXISTS lag(seq INTEGER PRIMARY KEY, pad BLOB)");
@@ -185,14 +197,7 @@ static int role_seed(char **argv) {
     if (int_sql(db, "SELECT count(*) FROM bulk") == 0)
         exec_sql(db, "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM c WHERE i<20000) "
                      "INSERT INTO bulk SELECT i, randomblob(180) FROM c");
-    flush_primary(db);
-    FILE *f = fopen(argv[2], "w");
-    if (f) {
-        fprintf(f, "%" PRIu64 "\n", primary_txid(db));
-        fclose(f);
-    }
-    sqlite3_close(db);
-    return 0;
+    return primary_done(db, argv[2]);
 }
 
 /* lagwriter OUT RATE SECONDS: commits at RATE tx/s, notes commit times. */
@@ -274,14 +279,7 @@ static int role_bulk(char **argv) {
         exec_sql(db, "COMMIT");
     }
     sqlite3_finalize(up);
-    flush_primary(db);
-    FILE *f = fopen(argv[2], "w");
-    if (f) {
-        fprintf(f, "%" PRIu64 "\n", primary_txid(db));
-        fclose(f);
-    }
-    sqlite3_close(db);
-    return 0;
+    return primary_done(db, argv[2]);
 }
 
 /* loopreader STOPFILE: tight read transactions over the bulk table. */

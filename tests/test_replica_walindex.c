@@ -205,6 +205,16 @@ static void rep_compare(rep_db *r, src_db *s) {
     CHECK_EQ(rt_files_equal(r->path, s->path), 0);
 }
 
+/* Ends a case: the replica, checkpointed, equals the source; all freed. */
+static void case_end(rep_db *r, src_db *s, page_set *ps) {
+    rep_close(r);
+    rep_compare(r, s);
+    free(ps->pgno);
+    free(ps->data);
+    wsbuf_free(&s->image);
+    sqlite3_close(s->db);
+}
+
 
 typedef struct readers {
     pid_t pid[8];
@@ -264,12 +274,7 @@ static void run_growth(uint32_t page_size, int ntx) {
     fprintf(stderr, "   page size %u: %d transactions, %u frames\n", page_size, ntx, frames);
     rep_check_index(&r);
     readers_stop(&rd, 1);
-    rep_close(&r);
-    rep_compare(&r, &s);
-    free(ps.pgno);
-    free(ps.data);
-    wsbuf_free(&s.image);
-    sqlite3_close(s.db);
+    case_end(&r, &s, &ps);
 }
 
 /* Sanitizer builds run everything several times slower: smaller loads
@@ -389,12 +394,7 @@ static void test_stale_entries_from_dead_writer(void) {
     }
     tx_width = 1;
     readers_stop(&rd, 1);
-    rep_close(&r);
-    rep_compare(&r, &s);
-    free(ps.pgno);
-    free(ps.data);
-    wsbuf_free(&s.image);
-    sqlite3_close(s.db);
+    case_end(&r, &s, &ps);
 }
 
 /* Restart rules, with readers as separate connections of this process. */
@@ -457,12 +457,7 @@ static void test_restart_rules(void) {
     rep_check_index(&r);
     sqlite3_close(rdr);
     sqlite3_close(ck);
-    rep_close(&r);
-    rep_compare(&r, &s);
-    free(ps.pgno);
-    free(ps.data);
-    wsbuf_free(&s.image);
-    sqlite3_close(s.db);
+    case_end(&r, &s, &ps);
 }
 
 /* argv: checkpointer DB STOPFILE -- checkpoints in a loop (PASSIVE, FULL,
@@ -555,12 +550,7 @@ static void test_concurrent_checkpoints(void) {
     CHECK(truncated > 0);
     readers_stop(&rd, 1);
     rep_check_index(&r);
-    rep_close(&r);
-    rep_compare(&r, &s);
-    free(ps.pgno);
-    free(ps.data);
-    wsbuf_free(&s.image);
-    sqlite3_close(s.db);
+    case_end(&r, &s, &ps);
 }
 
 /* Every connection closes (SQLite checkpoints and deletes the WAL), or the
@@ -585,12 +575,7 @@ static void test_recovery_from_wal(void) {
     rt_exec(c, "PRAGMA wal_checkpoint(TRUNCATE)");
     sqlite3_close(c);
     CHECK_EQ(rt_files_equal(cdb, s.path), 0);
-    rep_close(&r);
-    rep_compare(&r, &s);
-    free(ps.pgno);
-    free(ps.data);
-    wsbuf_free(&s.image);
-    sqlite3_close(s.db);
+    case_end(&r, &s, &ps);
 }
 
 int main(int argc, char **argv) {
