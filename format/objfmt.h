@@ -65,15 +65,16 @@ typedef struct seg_header {
     uint32_t db_pages_before, db_pages_after;
     uint64_t body_len; /* uncompressed body bytes */
     ws_walpos resume;
+    uint64_t db_id;    /* the database that shipped it (FORMAT.md section 2.3); 0 = unknown */
 } seg_header;
 
 /* Builds a segment into a file descriptor: header placeholder, zstd body,
 ** trailer, then the real header written at offset 0. One transaction at a
 ** time: begin_tx, page*, commit_tx. Not thread-safe. */
 typedef struct seg_writer seg_writer;
-int seg_writer_open(int fd, uint32_t page_size, uint64_t generation, uint64_t first_txid,
-                    uint64_t pre_chk, uint32_t db_pages_before, int zstd_level,
-                    seg_writer **out, wserr *err);
+int seg_writer_open(int fd, uint32_t page_size, uint64_t db_id, uint64_t generation,
+                    uint64_t first_txid, uint64_t pre_chk, uint32_t db_pages_before,
+                    int zstd_level, seg_writer **out, wserr *err);
 int seg_writer_begin_tx(seg_writer *w, uint64_t txid, wserr *err);
 int seg_writer_page(seg_writer *w, uint32_t pgno, const uint8_t *data, wserr *err);
 int seg_writer_commit_tx(seg_writer *w, uint64_t txid, int64_t commit_ms, uint32_t db_pages,
@@ -153,6 +154,7 @@ typedef struct snap_footer {
     uint32_t index_count;
     uint64_t index_xxh;
     ws_walpos resume;
+    uint64_t db_id; /* the database that shipped it (FORMAT.md section 2.3); 0 = unknown */
 } snap_footer;
 
 typedef struct snap_chunk {
@@ -168,8 +170,8 @@ typedef struct snap_chunk {
 /* Writes a snapshot into a file descriptor, base chunks first (in page
 ** order), then overlay records, then the index and footer. Not thread-safe. */
 typedef struct snap_writer snap_writer;
-int snap_writer_open(int fd, uint32_t page_size, uint64_t generation, int zstd_level,
-                     snap_writer **out, wserr *err);
+int snap_writer_open(int fd, uint32_t page_size, uint64_t db_id, uint64_t generation,
+                     int zstd_level, snap_writer **out, wserr *err);
 /* One base chunk of npages consecutive pages from first_pgno. */
 int snap_writer_base(snap_writer *w, uint32_t first_pgno, uint32_t npages, const uint8_t *pages,
                      wserr *err);

@@ -73,9 +73,9 @@ static int w_feed(seg_writer *w, const void *p, size_t n, ZSTD_EndDirective mode
     return 0;
 }
 
-int seg_writer_open(int fd, uint32_t page_size, uint64_t generation, uint64_t first_txid,
-                    uint64_t pre_chk, uint32_t db_pages_before, int zstd_level,
-                    seg_writer **out, wserr *err) {
+int seg_writer_open(int fd, uint32_t page_size, uint64_t db_id, uint64_t generation,
+                    uint64_t first_txid, uint64_t pre_chk, uint32_t db_pages_before,
+                    int zstd_level, seg_writer **out, wserr *err) {
     *out = NULL;
     if (!ws_page_size_valid(page_size))
         return wserr_set(err, WALSHIP_ERR_INVALID, "invalid page size %u", page_size);
@@ -95,6 +95,7 @@ int seg_writer_open(int fd, uint32_t page_size, uint64_t generation, uint64_t fi
     ZSTD_CCtx_setParameter(w->cctx, ZSTD_c_checksumFlag, 1);
     w->h.page_size = page_size;
     w->h.generation = generation;
+    w->h.db_id = db_id;
     w->h.first_txid = first_txid;
     w->h.pre_chk = pre_chk;
     w->h.post_chk = pre_chk;
@@ -179,6 +180,7 @@ static void encode_header_magic(uint8_t *b, const seg_header *h, const char *mag
     ws_put_be32(b + 84, h->db_pages_after);
     ws_put_be64(b + 88, h->body_len);
     ws_walpos_encode(b + 96, &h->resume);
+    ws_put_be64(b + 144, h->db_id);
     ws_put_be64(b + 152, XXH3_64bits(b, 152));
 }
 
@@ -299,6 +301,7 @@ static int parse_header_magic(const uint8_t *obj, size_t n, seg_header *h, const
     h->db_pages_after = ws_get_be32(obj + 84);
     h->body_len = ws_get_be64(obj + 88);
     ws_walpos_decode(obj + 96, &h->resume);
+    h->db_id = ws_get_be64(obj + 144);
     if (!ws_page_size_valid(h->page_size) || h->ntx == 0 || h->first_txid == 0 ||
         h->last_txid < h->first_txid || h->last_txid - h->first_txid + 1 != h->ntx ||
         h->db_pages_after == 0 || h->db_pages_after > MAX_PGNO)
@@ -521,7 +524,7 @@ int seg_recover(const uint8_t *file, size_t n, int out_fd, int zstd_level, seg_h
     it->in.src = file + SEG_HEADER_SIZE;
     it->in.size = (size_t)clen;
     it->next_txid = h.first_txid;
-    rc = seg_writer_open(out_fd, h.page_size, h.generation, h.first_txid, h.pre_chk,
+    rc = seg_writer_open(out_fd, h.page_size, h.db_id, h.generation, h.first_txid, h.pre_chk,
                          h.db_pages_before, zstd_level, &w, err);
     while (rc == 0) {
         seg_event ev;

@@ -34,6 +34,7 @@ struct snap_writer {
     int fd;
     uint32_t page_size;
     uint64_t generation;
+    uint64_t db_id;
     ZSTD_CCtx *cctx;
     int level;
     uint64_t off;
@@ -54,8 +55,8 @@ static int w_write(snap_writer *w, const void *p, size_t n, wserr *err) {
     return 0;
 }
 
-int snap_writer_open(int fd, uint32_t page_size, uint64_t generation, int zstd_level,
-                     snap_writer **out, wserr *err) {
+int snap_writer_open(int fd, uint32_t page_size, uint64_t db_id, uint64_t generation,
+                     int zstd_level, snap_writer **out, wserr *err) {
     *out = NULL;
     if (!ws_page_size_valid(page_size))
         return wserr_set(err, WALSHIP_ERR_INVALID, "invalid page size %u", page_size);
@@ -64,6 +65,7 @@ int snap_writer_open(int fd, uint32_t page_size, uint64_t generation, int zstd_l
     w->fd = fd;
     w->page_size = page_size;
     w->generation = generation;
+    w->db_id = db_id;
     w->level = zstd_level;
     w->ov_max = SNAP_CHUNK_BYTES / (4 + page_size);
     w->ov = malloc(SNAP_CHUNK_BYTES);
@@ -79,6 +81,7 @@ int snap_writer_open(int fd, uint32_t page_size, uint64_t generation, int zstd_l
     ws_put_be32(hdr + 8, SNAP_VERSION);
     ws_put_be32(hdr + 12, page_size);
     ws_put_be64(hdr + 16, generation);
+    ws_put_be64(hdr + 24, db_id);
     int rc = w_write(w, hdr, sizeof hdr, err);
     if (rc) {
         snap_writer_free(w);
@@ -178,6 +181,7 @@ int snap_writer_finish(snap_writer *w, uint64_t txid, int64_t commit_ms, uint32_
     ws_put_be32(f + 64, (uint32_t)w->n);
     ws_put_be64(f + 72, index_xxh);
     ws_walpos_encode(f + 80, resume);
+    ws_put_be64(f + 128, w->db_id);
     ws_put_be64(f + 152, XXH3_64bits(f, 152));
     return w_write(w, f, sizeof f, err);
 }
@@ -217,6 +221,7 @@ int snap_parse_footer(const uint8_t *b, size_t n, uint64_t obj_size, snap_footer
     f->index_count = ws_get_be32(b + 64);
     f->index_xxh = ws_get_be64(b + 72);
     ws_walpos_decode(b + 80, &f->resume);
+    f->db_id = ws_get_be64(b + 128);
     uint64_t ilen = (uint64_t)f->index_count * SNAP_INDEX_ENTRY_SIZE;
     if (!ws_page_size_valid(f->page_size) || f->db_pages == 0 || f->db_pages > 0x7fffffffu ||
         f->txid == 0 || f->index_count > SNAP_MAX_CHUNKS || f->index_off < SNAP_FILE_HDR_SIZE ||

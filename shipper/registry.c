@@ -23,6 +23,7 @@
 
 #include "../common/log.h"
 #include "../common/util.h"
+#include "ident.h"
 #include "shipper_impl.h"
 
 #define MAX_THREADS 16
@@ -296,10 +297,13 @@ int shipper_attach(const char *db_path, const ws_config *cfg, shipper **out, wse
     }
     snprintf(sh->wal_path, n, "%s-wal", db_path);
     rc = spool_open(cfg->spool_dir, &sh->sp, err);
+    ws_ident id;
+    if (rc == 0) rc = ident_attach(cfg->spool_dir, db_path, cfg->url, &id, err);
     if (rc) {
         shipper_free(sh);
         return rc;
     }
+    sh->db_id = id.db_id;
     sh->refs = 1;
     sh->heap_idx = -1;
     sh->due_mono = ws_mono_ms();

@@ -254,7 +254,7 @@ static int open_segment(shipper *sh, wserr *err) {
         return wserr_set(err, WALSHIP_ERR_INVALID, "spool path too long");
     ss->seg_fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (ss->seg_fd < 0) return wserr_errno(err, wserr_from_errno(errno), errno, "create %s", path);
-    int rc = seg_writer_open(ss->seg_fd, ss->page_size, ss->gen, ss->next_txid, ss->hs.r.chk,
+    int rc = seg_writer_open(ss->seg_fd, ss->page_size, sh->db_id, ss->gen, ss->next_txid, ss->hs.r.chk,
                              ss->hs.r.db_pages, sh->cfg.zstd_level, &ss->segw, err);
     if (rc) {
         close(ss->seg_fd);

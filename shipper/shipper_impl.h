@@ -112,6 +112,7 @@ struct shipper {
     int elected;
     /* immutable after attach */
     ws_config cfg;
+    uint64_t db_id;            /* the database's id (ident.h), stamped on every object */
     spool *sp;
     char *wal_path;
     /* cross-thread (mu) */

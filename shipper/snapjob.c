@@ -369,7 +369,7 @@ int snapjob_start(shipper *sh, int genstart, wserr *err) {
         abandon(sh, j);
         return rc;
     }
-    rc = snap_writer_open(j->tmp_fd, pgsz, j->gen, sh->cfg.zstd_level, &j->w, err);
+    rc = snap_writer_open(j->tmp_fd, pgsz, sh->db_id, j->gen, sh->cfg.zstd_level, &j->w, err);
     if (rc) {
         abandon(sh, j);
         return rc;

@@ -42,7 +42,7 @@ static void test_segment_roundtrip(void) {
     int fd = tmpfile_fd("seg");
     seg_writer *w = NULL;
     uint8_t page[1024];
-    CHECK_OK(seg_writer_open(fd, 1024, 42, 10, 0xabc, 5, 3, &w, &err), &err);
+    CHECK_OK(seg_writer_open(fd, 1024, 0x1d, 42, 10, 0xabc, 5, 3, &w, &err), &err);
     for (int t = 0; t < 5; t++) {
         CHECK_OK(seg_writer_begin_tx(w, 10 + t, &err), &err);
         for (int k = 0; k <= t; k++) {
@@ -109,7 +109,7 @@ static void test_segment_recovery(void) {
     int fd = tmpfile_fd("open");
     seg_writer *w = NULL;
     uint8_t page[512];
-    CHECK_OK(seg_writer_open(fd, 512, 7, 1, 0, 0, 3, &w, &err), &err);
+    CHECK_OK(seg_writer_open(fd, 512, 0x1d, 7, 1, 0, 0, 3, &w, &err), &err);
     ws_walpos pos = {1, 2, 0, 0, 0, 0, 512, 1, 16};
     for (int t = 1; t <= 6; t++) {
         CHECK_OK(seg_writer_begin_tx(w, (uint64_t)t, &err), &err);
@@ -163,7 +163,7 @@ static void test_snapshot_roundtrip(void) {
     wserr err = {0};
     int fd = tmpfile_fd("snap");
     snap_writer *w = NULL;
-    CHECK_OK(snap_writer_open(fd, 4096, 3, 3, &w, &err), &err);
+    CHECK_OK(snap_writer_open(fd, 4096, 0x1d, 3, 3, &w, &err), &err);
     static uint8_t pages[4096 * 8];
     for (size_t i = 0; i < sizeof pages; i++) pages[i] = (uint8_t)(i / 4096);
     CHECK_OK(snap_writer_base(w, 1, 8, pages, &err), &err);

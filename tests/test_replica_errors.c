@@ -227,7 +227,7 @@ static void put_diverging_segment(uint64_t gen, uint64_t txid, char *key_out) {
     int fd = open(tmp, O_RDWR | O_CREAT | O_TRUNC, 0644);
     CHECK(fd >= 0);
     seg_writer *w = NULL;
-    CHECK_OK(seg_writer_open(fd, h.page_size, gen, txid + 1, h.post_chk, h.db_pages_after, 3, &w,
+    CHECK_OK(seg_writer_open(fd, h.page_size, h.db_id, gen, txid + 1, h.post_chk, h.db_pages_after, 3, &w,
                              &err),
              &err);
     uint8_t *page = calloc(1, h.page_size);
