@@ -151,7 +151,7 @@ long spool_rec_decode(const uint8_t *buf, size_t n, spool_rec *out) {
         out->mx_frame = ws_get_be32(p + 8);
         out->reason = ws_get_be32(p + 12);
         out->time_ms = (int64_t)ws_get_be64(p + 16);
-        if (out->reason < SPOOL_END_RESTART || out->reason > SPOOL_END_DELETE) return -1;
+        if (out->reason < SPOOL_END_RESTART || out->reason > SPOOL_END_LOST) return -1;
         break;
     case SPOOL_REC_FRAMES: {
         if (len < FRAMES_HEAD) return -1;

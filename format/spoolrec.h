@@ -36,7 +36,14 @@ enum spool_rec_type {
     SPOOL_REC_FRAMES = 4     /* a copy of committed frames of a WAL that is ending */
 };
 
-enum spool_end_reason { SPOOL_END_RESTART = 1, SPOOL_END_TRUNCATE = 2, SPOOL_END_DELETE = 3 };
+/* LOST: the WAL the spool had open is no longer in the file (removed or
+** replaced by a process outside walship); nothing could be copied. */
+enum spool_end_reason {
+    SPOOL_END_RESTART = 1,
+    SPOOL_END_TRUNCATE = 2,
+    SPOOL_END_DELETE = 3,
+    SPOOL_END_LOST = 4
+};
 
 /* Identity of the database file: a file copied in or written outside
 ** walship has another inode or a newer ctime. */

@@ -367,9 +367,7 @@ void shipper_nudge(shipper *sh) {
 }
 
 int shipper_flush(shipper *sh, int64_t timeout_ms) {
-    spool_pos target;
-    spool_end(sh->sp, &target);
-    spool_flush_request(sh->sp);
+    uint32_t req = spool_flush_request(sh->sp);
     int64_t deadline = timeout_ms < 0 ? INT64_MAX : ws_mono_ms() + timeout_ms;
     pthread_mutex_lock(&pool.mu);
     make_due_locked(sh, ws_mono_ms());
@@ -377,9 +375,7 @@ int shipper_flush(shipper *sh, int64_t timeout_ms) {
     pthread_mutex_unlock(&pool.mu);
     pthread_mutex_lock(&sh->mu);
     for (;;) {
-        spool_status st;
-        spool_status_get(sh->sp, &st);
-        if (st.heartbeat_ms != 0 && spool_pos_cmp(st.uploaded, target) >= 0) {
+        if ((int32_t)(spool_flush_done(sh->sp) - req) >= 0) {
             pthread_mutex_unlock(&sh->mu);
             return 1;
         }

@@ -543,6 +543,51 @@ static int apply_frames_record(shipper *sh, const spool_rec *r, wserr *err) {
     return 0;
 }
 
+static int db_view_matches(shipper *sh, int *ok, char *why, size_t whyn, wserr *err);
+
+/* The WAL the spool had open vanished (or was replaced) without walship
+** seeing it end: a process outside walship checkpointed and removed it
+** (SPOOL_END_LOST). Its frames can no longer be read. If every commit walship
+** knew of was consumed and the database still follows the shipped history
+** (db_view_matches), nothing was lost and the history goes on; otherwise
+** something walship never shipped reached the file: a new generation. */
+static int wal_lost(shipper *sh, const spool_rec *r, wserr *err) {
+    ship_state *ss = &sh->ss;
+    if (!same_wal(ss, r->salt1, r->salt2) && !revive_wal(sh, r->salt1, r->salt2)) {
+        /* Every WAL the VFS announces is followed from its begin record on,
+        ** so a lost WAL this generation never followed ended before the
+        ** generation began: the generation's snapshot read the file after. */
+        WS_DEBUG("wal_lost_ignored", "db=%s salt1=%08x cur=%08x", sh->db_path, r->salt1,
+                 ss->cur.salt1);
+        return 0;
+    }
+    uint32_t known = r->mx_frame > ss->pending_mx ? r->mx_frame : ss->pending_mx;
+    if (ss->tx_open || ss->cur.frame < known)
+        return break_continuity(sh,
+                                "the WAL was checkpointed and removed by a process outside walship "
+                                "before all its commits were shipped",
+                                err);
+    int ok = 0;
+    char why[160];
+    int rc = db_view_matches(sh, &ok, why, sizeof why, err);
+    if (rc) return rc;
+    if (!ok) {
+        char reason[320];
+        snprintf(reason, sizeof reason,
+                 "the database changed outside walship (its WAL was removed by another "
+                 "process; %s)",
+                 why);
+        return break_continuity(sh, reason, err);
+    }
+    WS_INFO("wal_lost_checked", "db=%s salt1=%08x frames=%u action=\"history continues\"",
+            sh->db_path, r->salt1, ss->cur.frame);
+    ss->cur.flags |= WS_WALPOS_ENDED;
+    ss->rec.end_id = r->dbid;
+    ss->pending_mx = 0;
+    ss->nwm = 0;
+    return 0;
+}
+
 /* Applies one record. Returns 0 or an error; continuity breaks are handled
 ** inside (a new generation starts). */
 static int apply_record(shipper *sh, const spool_rec *r, wserr *err) {
@@ -582,6 +627,7 @@ static int apply_record(shipper *sh, const spool_rec *r, wserr *err) {
         return apply_frames_record(sh, r, err);
     case SPOOL_REC_WAL_END:
         if (!ss->cur_known) return 0;
+        if (r->reason == SPOOL_END_LOST) return wal_lost(sh, r, err);
         revive_wal(sh, r->salt1, r->salt2); /* the end of a WAL that lived on */
         if (!same_wal(ss, r->salt1, r->salt2)) {
             if (ss->cur.flags & WS_WALPOS_ENDED) return 0; /* already ended */
@@ -1103,54 +1149,142 @@ static void cleanup_tmp_files(shipper *sh) {
     }
 }
 
-/* When the shipped history says the WAL ended (deleted or truncated after a
-** full checkpoint) and no WAL holds frames now, the database file must be
-** exactly the state at the last shipped transaction. A file copied in or
-** written outside walship while nothing was open fails this: page 1 (which
-** a rollback-mode write always changes), the last page, and a sample of the
-** rest (all pages of a small database) are compared with the page hashes. */
-static int db_file_matches(shipper *sh, int *matches, wserr *err) {
+/* ---- does the database still follow the shipped history? ------------------- */
+/* Marks in `covered` (a bitmap of pages 1..npages) every page a frame of the
+** WAL now in the file writes (frames with that WAL's salts, committed or
+** not), and sets *nframes to how many there are. A WAL with another page
+** size covers nothing and sets *pgsz_differs. */
+static void wal_cover(shipper *sh, uint8_t *covered, uint32_t npages, uint32_t *nframes,
+                      int *pgsz_differs) {
     ship_state *ss = &sh->ss;
-    *matches = 1;
+    *nframes = 0;
+    int fd = open(sh->wal_path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return;
     uint8_t hb[WAL_HDR_SIZE];
     wal_hdr h;
-    int fd = open(sh->wal_path, O_RDONLY | O_CLOEXEC);
-    int wal_live = fd >= 0 && ws_pread_full(fd, hb, sizeof hb, 0) == (ssize_t)sizeof hb &&
-                   wal_hdr_parse(hb, &h) == 0;
-    if (fd >= 0) close(fd);
-    if (wal_live) return 0; /* a new WAL began: its records will tell */
-    sqlite3_file *f = NULL;
-    int rc = ship_open_base_file(sh, &f, err);
-    if (rc) {
-        wserr_clear(err);
-        *matches = 0; /* the database file is gone */
-        return 0;
+    if (ws_pread_full(fd, hb, sizeof hb, 0) != (ssize_t)sizeof hb || wal_hdr_parse(hb, &h) != 0) {
+        close(fd);
+        return;
     }
+    if (h.page_size != ss->page_size) {
+        *pgsz_differs = 1;
+        close(fd);
+        return;
+    }
+    size_t fsz = WAL_FRAME_HDR_SIZE + (size_t)h.page_size;
+    uint32_t per = (uint32_t)(((size_t)1 << 20) / fsz);
+    if (per == 0) per = 1;
+    uint8_t *buf = malloc(per * fsz);
+    for (uint32_t first = 1; buf != NULL;) {
+        ssize_t got = ws_pread_full(fd, buf, per * fsz, (off_t)wal_frame_offset(first, h.page_size));
+        uint32_t have = got > 0 ? (uint32_t)((size_t)got / fsz) : 0;
+        uint32_t i = 0;
+        for (; i < have; i++) {
+            const uint8_t *fr = buf + (size_t)i * fsz;
+            if (ws_get_be32(fr + 8) != h.salt1 || ws_get_be32(fr + 12) != h.salt2) break;
+            uint32_t p = ws_get_be32(fr);
+            if (p >= 1 && p <= npages) covered[(p - 1) / 8] |= (uint8_t)(1u << ((p - 1) % 8));
+        }
+        if (i > 0) *nframes = first + i - 1;
+        if (i < per) break;
+        first += per;
+    }
+    free(buf);
+    close(fd);
+}
+
+static int is_covered(const uint8_t *covered, uint32_t p) {
+    return (covered[(p - 1) / 8] >> ((p - 1) % 8)) & 1;
+}
+
+/* Does the database as SQLite shows it still follow the shipped history?
+** The live WAL's frames reach the store through the spool, so only the
+** pages no frame of it writes need a look: each has kept its value since
+** that WAL began, so it must equal the shipped page hash (the hashes are
+** the state at the consumption position, which lies in that WAL or at the
+** end of the one before it; the caller makes sure consumption has caught
+** up). A page that differs was written by someone walship never saw: a file
+** copied in, a process in rollback-journal mode, a checkpoint of frames
+** walship never shipped. Pages a checkpoint copies in while this runs are
+** covered by frames a second look at the WAL finds. Runs on the shipper,
+** reading the whole file: only when the cheap evidence says so. Sets *ok,
+** and on a mismatch writes a reason into why. */
+#define VIEW_BAD_MAX 64
+static int db_view_matches(shipper *sh, int *ok, char *why, size_t whyn, wserr *err) {
+    ship_state *ss = &sh->ss;
     uint32_t n = ss->hs.r.db_pages, pgsz = ss->page_size;
+    *ok = 1;
+    why[0] = '\0';
+    uint8_t *covered = calloc((size_t)n / 8 + 1, 1);
+    uint8_t *buf = malloc((size_t)1 << 20 > pgsz ? (size_t)1 << 20 : pgsz);
+    sqlite3_file *f = NULL;
+    int rc = 0;
+    if (covered == NULL || buf == NULL) {
+        rc = wserr_set(err, WALSHIP_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    uint32_t nframes = 0, nframes2 = 0;
+    int pgsz_differs = 0;
+    wal_cover(sh, covered, n, &nframes, &pgsz_differs);
+    if (pgsz_differs) {
+        *ok = 0;
+        snprintf(why, whyn, "its WAL has another page size");
+        goto out;
+    }
+    if (ship_open_base_file(sh, &f, err) != 0) {
+        wserr_clear(err);
+        *ok = 0;
+        snprintf(why, whyn, "the database file is gone");
+        goto out;
+    }
     sqlite3_int64 size = 0;
     f->pMethods->xFileSize(f, &size);
-    uint8_t *page = malloc(pgsz);
-    if (page == NULL) {
-        ship_close_base_file(f);
-        return wserr_set(err, WALSHIP_ERR_NOMEM, "out of memory");
+    uint32_t file_pages = (uint32_t)((uint64_t)size / pgsz);
+    uint32_t bad[VIEW_BAD_MAX], nbad = 0, nbad_total = 0;
+    uint32_t per = (uint32_t)(((size_t)1 << 20) / pgsz);
+    if (per == 0) per = 1;
+    for (uint32_t p = 1; p <= n; p += per) {
+        uint32_t cnt = n - p + 1 < per ? n - p + 1 : per;
+        memset(buf, 0, (size_t)cnt * pgsz);
+        if (p <= file_pages) {
+            uint32_t rd = file_pages - p + 1 < cnt ? file_pages - p + 1 : cnt;
+            int r = f->pMethods->xRead(f, buf, (int)((size_t)rd * pgsz), (sqlite3_int64)(p - 1) * pgsz);
+            if (r != SQLITE_OK && r != SQLITE_IOERR_SHORT_READ) {
+                rc = wserr_set(err, WALSHIP_ERR_IO, "read %s to check it (error %d)", sh->db_path, r);
+                goto out;
+            }
+        }
+        for (uint32_t k = 0; k < cnt; k++) {
+            uint32_t pg = p + k;
+            if (is_covered(covered, pg)) continue;
+            if (ws_page_hash(pg, buf + (size_t)k * pgsz, pgsz) == ws_rolling_get(&ss->hs.r, pg)) continue;
+            nbad_total++;
+            if (nbad < VIEW_BAD_MAX) bad[nbad++] = pg;
+        }
     }
-    if ((uint64_t)size != (uint64_t)n * pgsz) *matches = 0;
-    uint32_t step = n <= 2048 ? 1 : n / 64;
-    uint64_t seed = (uint64_t)ws_now_us();
-    for (uint32_t i = 0; *matches && i < n; i += step) {
-        uint32_t p = i + 1;
-        if (step > 1 && i > 0) p = 1 + (uint32_t)((seed = seed * 6364136223846793005ull + 1) >> 33) % n;
-        if (f->pMethods->xRead(f, page, (int)pgsz, (sqlite3_int64)(p - 1) * pgsz) != SQLITE_OK ||
-            ws_page_hash(p, page, pgsz) != ws_rolling_get(&ss->hs.r, p))
-            *matches = 0;
+    if (nbad_total > 0) {
+        /* A checkpoint may have copied frames appended since the first look. */
+        wal_cover(sh, covered, n, &nframes2, &pgsz_differs);
+        uint32_t still = 0, first_bad = 0;
+        for (uint32_t i = 0; i < nbad; i++)
+            if (!is_covered(covered, bad[i]) && still++ == 0) first_bad = bad[i];
+        if (still > 0 || nbad_total > nbad) {
+            *ok = 0;
+            snprintf(why, whyn, "page %u (and %u more) differs from the shipped history",
+                     first_bad ? first_bad : bad[0], nbad_total - 1);
+            goto out;
+        }
     }
-    if (*matches && n > 1 &&
-        (f->pMethods->xRead(f, page, (int)pgsz, (sqlite3_int64)(n - 1) * pgsz) != SQLITE_OK ||
-         ws_page_hash(n, page, pgsz) != ws_rolling_get(&ss->hs.r, n)))
-        *matches = 0;
-    free(page);
+    if (nframes == 0 && nframes2 == 0 && file_pages != n) {
+        /* No live WAL: the file alone is the database. */
+        *ok = 0;
+        snprintf(why, whyn, "it has %u pages, the shipped history %u", file_pages, n);
+    }
+out:
     ship_close_base_file(f);
-    return 0;
+    free(covered);
+    free(buf);
+    return rc;
 }
 
 static int start_up(shipper *sh, wserr *err) {
@@ -1230,15 +1364,9 @@ static int start_up(shipper *sh, wserr *err) {
     spool_end(sh->sp, &end);
     if (spool_pos_cmp(ss->resume, begin) < 0 || spool_pos_cmp(ss->resume, end) > 0)
         return break_continuity(sh, "the spool lost records since the last shipped position", err);
-    /* With records after the resume position, their WAL_BEGIN carries the
-    ** file identity check; with none, nothing happened since the WAL ended
-    ** and the file itself must match. */
-    if ((ss->cur.flags & WS_WALPOS_ENDED) && spool_pos_cmp(ss->resume, end) == 0) {
-        int same = 1;
-        if ((rc = db_file_matches(sh, &same, err))) return rc;
-        if (!same)
-            return break_continuity(sh, "the database file changed outside walship", err);
-    }
+    /* The database file as walship last left it? If not (or unknown), its
+    ** content is checked before anything more is shipped (ship_step). */
+    spool_dbfile_check(sh->sp, sh->db_path);
     /* Is this generation still in the store (a wiped bucket, a changed URL)? */
     if (rec.last_snapshot_txid) {
         int in_queue = 0;
@@ -1309,6 +1437,167 @@ static int snapshot_due(shipper *sh) {
     return ss->rec.bytes_since_snapshot >= (db_bytes > floor ? db_bytes : floor);
 }
 
+/* ---- commits the spool does not know, and walship_flush ---------------------- */
+/* Consumption has read every record appended so far. */
+static int caught_up_with_spool(shipper *sh) {
+    ship_state *ss = &sh->ss;
+    spool_pos end;
+    spool_end(sh->sp, &end);
+    return spool_pos_cmp((spool_pos){ss->cur.log_seq, ss->cur.log_off}, end) >= 0;
+}
+
+/* Takes up commits the shared wal-index shows but no watermark recorded (a
+** writer outside walship, or one whose watermark is on its way) as if a
+** watermark had said so; the caller has caught up with the spool. Sets
+** the salts and mx shared memory showed (mx 0: nothing). Every
+** record is appended before the shared header can show what it announces
+** (a WAL_BEGIN before the first commit of its WAL), so when the spool end
+** has not moved since before the header was read, the header holds nothing
+** the spool will still tell: commits in an unannounced WAL are a change
+** outside walship. */
+static int take_shm_commits(shipper *sh, uint32_t *salt1, uint32_t *salt2, uint32_t *mx,
+                            int *taken, wserr *err) {
+    ship_state *ss = &sh->ss;
+    *mx = 0;
+    *taken = 0;
+    spool_pos before;
+    spool_end(sh->sp, &before);
+    walidx_hdr ih;
+    if (ship_read_shm_header(sh, &ih) != 0 || ih.mx_frame == 0) {
+        *taken = 1;
+        return 0;
+    }
+    spool_pos after;
+    spool_end(sh->sp, &after);
+    if (spool_pos_cmp(before, after) != 0 || !caught_up_with_spool(sh)) return 0; /* next step */
+    *salt1 = walidx_salt1(&ih);
+    *salt2 = walidx_salt2(&ih);
+    *mx = ih.mx_frame;
+    *taken = 1;
+    if (!ss->cur_known || ss->tx_open) return 0;
+    if (same_wal(ss, *salt1, *salt2) && !(ss->cur.flags & WS_WALPOS_ENDED) &&
+        *mx <= ss->pending_mx)
+        return 0;
+    if (same_wal(ss, *salt1, *salt2) && (ss->cur.flags & WS_WALPOS_ENDED) && *mx <= ss->cur.frame)
+        return 0;
+    spool_rec r;
+    memset(&r, 0, sizeof r);
+    r.type = SPOOL_REC_WATERMARK;
+    r.salt1 = *salt1;
+    r.salt2 = *salt2;
+    r.mx_frame = *mx;
+    r.page_size = walidx_page_size(&ih);
+    r.time_ms = ws_now_ms(); /* never earlier than the commit */
+    WS_DEBUG("shm_commits", "db=%s salt1=%08x mx=%u cur=%08x/%u", sh->db_path, *salt1, *mx,
+             ss->cur.salt1, ss->cur.frame);
+    return apply_record(sh, &r, err);
+}
+
+/* Committed frames walship knows of (pending_mx) cannot be read because
+** the WAL file no longer holds that WAL, and no record explains it: a
+** process outside walship removed or restarted the WAL (a writer of
+** walship records the WAL's end and copies its frames before it touches
+** the file). Handled as the VFS's SPOOL_END_LOST would be. */
+static int check_wal_gone(shipper *sh, wserr *err) {
+    ship_state *ss = &sh->ss;
+    if (!ss->cur_known || (ss->cur.flags & WS_WALPOS_ENDED) || ss->pending_mx <= ss->cur.frame)
+        return 0;
+    spool_pos before;
+    spool_end(sh->sp, &before);
+    if (spool_pos_cmp((spool_pos){ss->cur.log_seq, ss->cur.log_off}, before) < 0) return 0;
+    uint8_t hb[WAL_HDR_SIZE];
+    wal_hdr h;
+    int fd = open(sh->wal_path, O_RDONLY | O_CLOEXEC);
+    int there = fd >= 0 && ws_pread_full(fd, hb, sizeof hb, 0) == (ssize_t)sizeof hb &&
+                wal_hdr_parse(hb, &h) == 0 && h.salt1 == ss->cur.salt1 && h.salt2 == ss->cur.salt2;
+    if (fd >= 0) close(fd);
+    spool_pos after;
+    spool_end(sh->sp, &after);
+    if (there || spool_pos_cmp(before, after) != 0) return 0;
+    WS_WARN("wal_gone", "db=%s salt1=%08x consumed=%u committed=%u", sh->db_path, ss->cur.salt1,
+            ss->cur.frame, ss->pending_mx);
+    spool_rec r;
+    memset(&r, 0, sizeof r);
+    r.type = SPOOL_REC_WAL_END;
+    r.reason = SPOOL_END_LOST;
+    r.salt1 = ss->cur.salt1;
+    r.salt2 = ss->cur.salt2;
+    r.mx_frame = ss->pending_mx;
+    return wal_lost(sh, &r, err);
+}
+
+/* A walship_flush request not yet taken up becomes the target: everything
+** recorded now, plus what shared memory shows committed. */
+static int flush_take(shipper *sh, wserr *err) {
+    ship_state *ss = &sh->ss;
+    uint32_t req = spool_flush_requests(sh->sp);
+    if (req == ss->flush_req || ss->flush_active || !caught_up_with_spool(sh)) return 0;
+    int taken = 0;
+    uint32_t s1 = 0, s2 = 0, mx = 0;
+    int rc = take_shm_commits(sh, &s1, &s2, &mx, &taken, err);
+    if (rc || !taken) return rc;
+    ss->flush_req = req;
+    ss->flush_active = 1;
+    spool_end(sh->sp, &ss->flush_end);
+    ss->flush_salt1 = s1;
+    ss->flush_salt2 = s2;
+    ss->flush_mx = mx;
+    return 0;
+}
+
+/* Is the flush target in the store? */
+static int flush_reached(shipper *sh) {
+    ship_state *ss = &sh->ss;
+    if (ss->nqueue > 0 || ss->segw != NULL || ss->tx_open || (ss->snap && snapjob_is_genstart(ss->snap)))
+        return 0;
+    if (!ss->cur_known) {
+        /* No generation yet: only right if there is nothing to ship at all. */
+        struct stat st;
+        return ss->snap == NULL && ss->flush_mx == 0 &&
+               (stat(sh->db_path, &st) != 0 || st.st_size == 0);
+    }
+    if (spool_pos_cmp((spool_pos){ss->cur.log_seq, ss->cur.log_off}, ss->flush_end) < 0) return 0;
+    if (!(ss->cur.flags & WS_WALPOS_ENDED) && ss->pending_mx > ss->cur.frame) return 0;
+    if (ss->flush_mx > 0 && same_wal(ss, ss->flush_salt1, ss->flush_salt2) &&
+        ss->cur.frame < ss->flush_mx)
+        return 0;
+    return 1;
+}
+
+static void flush_finish(shipper *sh) {
+    ship_state *ss = &sh->ss;
+    if (!ss->flush_active || !flush_reached(sh)) return;
+    ss->flush_active = 0;
+    spool_flush_done_set(sh->sp, ss->flush_req);
+}
+
+/* The database file was found not as walship left it (spool_dbfile_check):
+** once consumption has caught up, its content must still follow the shipped
+** history, or a new generation starts. */
+static int check_suspect(shipper *sh, wserr *err) {
+    ship_state *ss = &sh->ss;
+    uint32_t n = spool_dbfile_suspects(sh->sp);
+    if (n == ss->suspect_seen) return 0;
+    if (!ss->cur_known || ss->snap != NULL || ss->tx_open || ss->pending_mx > ss->cur.frame) {
+        if (!ss->cur_known || (ss->snap && snapjob_is_genstart(ss->snap))) ss->suspect_seen = n;
+        return 0; /* a generation start reads the file anew anyway; or later */
+    }
+    if (!caught_up_with_spool(sh)) return 0;
+    int ok = 0;
+    char why[160];
+    int rc = db_view_matches(sh, &ok, why, sizeof why, err);
+    if (rc) return rc;
+    ss->suspect_seen = n;
+    if (ok) {
+        WS_INFO("dbfile_checked", "db=%s result=\"follows the shipped history\"", sh->db_path);
+        spool_dbfile_note(sh->sp, sh->db_path);
+        return 0;
+    }
+    char reason[320];
+    snprintf(reason, sizeof reason, "the database file changed outside walship (%s)", why);
+    return break_continuity(sh, reason, err);
+}
+
 /* ---- the step ------------------------------------------------------------------- */
 int64_t ship_step(shipper *sh) {
     ship_state *ss = &sh->ss;
@@ -1341,6 +1630,9 @@ int64_t ship_step(shipper *sh) {
     if (rc == 0 && ss->snap == NULL && ss->cur_known && snapshot_due(sh))
         rc = snapjob_start(sh, 0, &err);
     if (rc == 0) rc = consume(sh, deadline, &err);
+    if (rc == 0) rc = check_wal_gone(sh, &err);
+    if (rc == 0) rc = check_suspect(sh, &err);
+    if (rc == 0) rc = flush_take(sh, &err);
     if (rc == 0 && ss->snap) rc = snapjob_step(sh, &err);
     if (rc == 0 && !segment_due(sh)) rc = sync_point(sh, &err);
     if (rc == 0 && segment_due(sh)) {
@@ -1390,6 +1682,7 @@ int64_t ship_step(shipper *sh) {
         if (every > RETENTION_EVERY_MS || every <= 0) every = RETENTION_EVERY_MS;
         ss->next_retention_mono = ws_mono_ms() + every;
     }
+    flush_finish(sh);
     /* Records before the durable resume position are never read again;
     ** whole files before it go once the position moves to a newer file. */
     if (ss->rec.pos.log_seq > ss->trimmed_seq) {

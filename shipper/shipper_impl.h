@@ -96,7 +96,13 @@ typedef struct ship_state {
     int64_t next_retention_mono;
     uint64_t trimmed_seq;      /* spool files before this one are gone */
     int64_t idle_ms;           /* current poll interval when nothing happens */
-    uint32_t flush_seen;
+    uint32_t flush_seen;       /* flush requests that closed a segment */
+    /* walship_flush (ship.c flush_*): the request being served and its target */
+    int flush_active;
+    uint32_t flush_req;        /* last request number taken up */
+    spool_pos flush_end;       /* everything recorded before this ... */
+    uint32_t flush_salt1, flush_salt2, flush_mx; /* ... and what shm showed committed */
+    uint32_t suspect_seen;     /* spool_dbfile_suspects() last checked */
     uint8_t *framebuf;         /* scratch for WAL reads */
     size_t framebuf_cap;
 } ship_state;

@@ -52,6 +52,11 @@ struct ctl_block {
     _Atomic int64_t st_oldest_ms;
     _Atomic uint64_t st_up_seq, st_up_off, st_queue_bytes;
     _Atomic uint64_t st_err[32];
+    /* appended in 0.2: */
+    _Atomic uint64_t dbfile_evidence; /* spool_dbfile_note(); survives a rebuild */
+    _Atomic uint32_t flush_done;      /* flush requests fully served (shipper) */
+    _Atomic uint32_t st_flags;        /* SPOOL_ST_* (shipper) */
+    _Atomic uint32_t dbfile_suspect;  /* bumped when the file is not as walship left it */
 };
 _Static_assert(sizeof(struct ctl_block) <= CTL_SIZE, "ctl block fits its file");
 
@@ -238,7 +243,13 @@ static int rebuild_ctl(spool *sp, wserr *err) {
     uint32_t s1 = keep_shipped ? atomic_load(&c->shipped_salt1) : 0;
     uint32_t s2 = keep_shipped ? atomic_load(&c->shipped_salt2) : 0;
     uint32_t sf = keep_shipped ? atomic_load(&c->shipped_frame) : 0;
+    /* Self-checking (a hash of the file's identity): garbage only means
+    ** "unknown", which makes the shipper check the file. */
+    uint64_t evidence = c->magic == CTL_MAGIC ? atomic_load(&c->dbfile_evidence) : 0;
     memset((void *)c, 0, sizeof *c);
+    atomic_store(&c->dbfile_evidence, evidence);
+    /* Nobody knows what happened while no process had the spool open: the
+    ** shipper compares the file with the evidence at start-up anyway. */
 
     uint64_t *seqs = NULL;
     size_t n = 0;
@@ -647,9 +658,53 @@ void spool_status_get(spool *sp, spool_status *o) {
     o->last_error[sizeof o->last_error - 1] = '\0';
 }
 
-void spool_flush_request(spool *sp) { atomic_fetch_add(&sp->ctl->flush_req, 1); }
+uint32_t spool_flush_request(spool *sp) { return atomic_fetch_add(&sp->ctl->flush_req, 1) + 1; }
 
 uint32_t spool_flush_requests(spool *sp) { return atomic_load(&sp->ctl->flush_req); }
+
+void spool_flush_done_set(spool *sp, uint32_t req) { atomic_store(&sp->ctl->flush_done, req); }
+
+uint32_t spool_flush_done(spool *sp) { return atomic_load(&sp->ctl->flush_done); }
+
+uint64_t spool_dbfile_evidence(const struct stat *st) {
+    uint64_t v[4] = {(uint64_t)st->st_dev, (uint64_t)st->st_ino, (uint64_t)st->st_size,
+                     (uint64_t)st->st_mtim.tv_sec * 1000000000u + (uint64_t)st->st_mtim.tv_nsec};
+    return ws_hash64(v, sizeof v) | 1;
+}
+
+void spool_dbfile_note(spool *sp, const char *db_path) {
+    struct stat st;
+    uint64_t ev = stat(db_path, &st) == 0 ? spool_dbfile_evidence(&st) : 0;
+    atomic_store(&sp->ctl->dbfile_evidence, ev);
+}
+
+uint64_t spool_dbfile_noted(spool *sp) { return atomic_load(&sp->ctl->dbfile_evidence); }
+
+int spool_dbfile_check(spool *sp, const char *db_path) {
+    struct stat st;
+    uint64_t ev = stat(db_path, &st) == 0 ? spool_dbfile_evidence(&st) : 0;
+    if (ev == atomic_load(&sp->ctl->dbfile_evidence)) return 0;
+    atomic_fetch_add(&sp->ctl->dbfile_suspect, 1);
+    return 1;
+}
+
+uint32_t spool_dbfile_suspects(spool *sp) { return atomic_load(&sp->ctl->dbfile_suspect); }
+
+void spool_flags_set(spool *sp, uint32_t flags) { atomic_store(&sp->ctl->st_flags, flags); }
+
+uint32_t spool_flags_get(spool *sp) { return atomic_load(&sp->ctl->st_flags); }
+
+int spool_shipper_alive(spool *sp) {
+    char path[PATH_MAX];
+    if (snprintf(path, sizeof path, "%s/lock", sp->dir) >= (int)sizeof path) return 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 0;
+    /* flock locks belong to open file descriptions: a fresh one conflicts
+    ** with the holder's even inside the holder's own process. */
+    int held = flock(fd, LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK;
+    close(fd);
+    return held;
+}
 
 int spool_try_elect(spool *sp, wserr *err) {
     if (sp->lock_fd < 0) {

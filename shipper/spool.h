@@ -110,9 +110,40 @@ void spool_shipped_set(spool *sp, uint32_t salt1, uint32_t salt2, uint32_t frame
 void spool_status_set(spool *sp, const spool_status *st);
 void spool_status_get(spool *sp, spool_status *out);
 
-/* walship_flush support: callers bump a counter the shipper watches. */
-void spool_flush_request(spool *sp);
+/* walship_flush support: a caller bumps the request counter (getting its
+** request number) and waits until the shipper has marked that number done:
+** everything committed when the shipper took the request up is in the
+** store. Numbers wrap; compare with (int32_t)(done - req) >= 0. */
+uint32_t spool_flush_request(spool *sp);
 uint32_t spool_flush_requests(spool *sp);
+void spool_flush_done_set(spool *sp, uint32_t req);
+uint32_t spool_flush_done(spool *sp);
+
+/* Evidence of the database file's state after walship's own last write to
+** it (a checkpoint, the WAL's delete at close, a WAL's begin): a hash of
+** its device, inode, size and mtime. A later mismatch means another process
+** wrote it, and the shipper checks the file before shipping anything more.
+** Any connection may note it (last writer wins: a stale note only costs a
+** check). 0 = unknown. */
+struct stat;
+uint64_t spool_dbfile_evidence(const struct stat *st);
+void spool_dbfile_note(spool *sp, const char *db_path);
+uint64_t spool_dbfile_noted(spool *sp);
+/* Compares the file with the note; on a mismatch bumps the suspect counter
+** (the shipper checks the file's content when it moves) and returns 1. */
+int spool_dbfile_check(spool *sp, const char *db_path);
+uint32_t spool_dbfile_suspects(spool *sp);
+
+/* Status flags the shipper publishes besides its status record. */
+enum {
+    SPOOL_ST_PERMANENT = 1,  /* last_error needs the user (config, ownership): retrying won't help */
+    SPOOL_ST_DISCARDING = 2  /* not storing history (spool limit or refused destination) */
+};
+void spool_flags_set(spool *sp, uint32_t flags);
+uint32_t spool_flags_get(spool *sp);
+
+/* Nonzero if some process holds the election lock now: a shipper lives. */
+int spool_shipper_alive(spool *sp);
 
 /* Election: try to become this database's shipper (non-blocking flock on
 ** dir/lock). Returns 1 if this process now holds it, 0 if another does. */

@@ -138,6 +138,24 @@ static void db_identity(shipper *sh, spool_dbid *id) {
     id->ctime_ns = (int64_t)st.st_ctim.tv_sec * 1000000000 + st.st_ctim.tv_nsec;
 }
 
+/* ---- the database file as walship left it ----------------------------------- */
+/* Before walship's own writes to the database file (a checkpoint or a WAL
+** recovery, which hold the CKPT lock; the checkpoint at last close and a
+** journal-mode switch, which hold the exclusive lock; each excludes every
+** other walship writer): a file that is not as walship last left it was
+** written by someone else, and the shipper checks its content before
+** shipping more. The first process to open a database after every other
+** user is gone always runs SQLite's WAL recovery, so a file changed while
+** walship was not running is caught there. */
+static void dbfile_check(ws_file *f) {
+    if (spool_dbfile_check(shipper_spool(f->sh), shipper_db_path(f->sh)))
+        WS_INFO("dbfile_changed", "db=%s action=\"shipper checks the file\"",
+                shipper_db_path(f->sh));
+}
+
+/* After walship's own writes: remember the file as it is now. */
+static void dbfile_note(shipper *sh) { spool_dbfile_note(shipper_spool(sh), shipper_db_path(sh)); }
+
 /* ---- materialisation ------------------------------------------------------- */
 /* Reads n bytes at off from the WAL, through SQLite's handle or a plain fd. */
 typedef struct wal_source {
@@ -167,21 +185,22 @@ static int materialize(ws_file *f, const wal_source *src, uint32_t salt1, uint32
     wal_hdr wh;
     uint32_t first = 1;
     int wrote = 0;
-    if (mx > 0) {
-        if (source_read(src, walhdr, sizeof walhdr, 0) != 0 || wal_hdr_parse(walhdr, &wh) != 0 ||
-            wh.salt1 != salt1 || wh.salt2 != salt2) {
-            /* The frames are not where they should be: the WAL changed
-            ** behind the VFS. The shipper will see the gap and start a new
-            ** generation; nothing here can be saved. */
-            shipper_report_error(f->sh, "WAL changed outside walship before %s; "
-                                        "a new generation will start",
-                                 reason == SPOOL_END_DELETE ? "delete" : "restart");
-            mx = 0;
-        } else {
-            uint32_t s1, s2, sf;
-            spool_shipped_get(sp, &s1, &s2, &sf);
-            if (s1 == salt1 && s2 == salt2) first = sf + 1;
-        }
+    if (source_read(src, walhdr, sizeof walhdr, 0) != 0 || wal_hdr_parse(walhdr, &wh) != 0 ||
+        wh.salt1 != salt1 || wh.salt2 != salt2) {
+        /* The WAL the spool has open is not in the file: a process outside
+        ** walship checkpointed and removed (or replaced) it. Nothing can be
+        ** copied; the end says so, with what walship knew was committed,
+        ** and the shipper checks the database file against the shipped
+        ** history before anything else ships (a new generation unless it
+        ** still matches). */
+        WS_WARN("wal_lost", "db=%s salt1=%08x known_frames=%u", f->path ? f->path : "",
+                salt1, mx);
+        reason = SPOOL_END_LOST;
+        first = mx + 1; /* nothing to copy */
+    } else {
+        uint32_t s1, s2, sf;
+        spool_shipped_get(sp, &s1, &s2, &sf);
+        if (s1 == salt1 && s2 == salt2) first = sf + 1;
     }
     uint8_t *buf = NULL;
     while (first <= mx) {
@@ -302,6 +321,7 @@ static int on_wal_header(ws_file *w, const uint8_t *hdrbuf) {
     wi.cur_salt2 = nh.salt2;
     wi.cur_state = SPOOL_WAL_OPEN;
     spool_walinfo_set(sp, &wi);
+    dbfile_note(db->sh); /* a journal-mode switch may have written page 1 */
     return SQLITE_OK;
 }
 
@@ -391,7 +411,15 @@ static int wsSync(sqlite3_file *f, int flags) { return REAL(f)->pMethods->xSync(
 static int wsFileSize(sqlite3_file *f, sqlite3_int64 *p) {
     return REAL(f)->pMethods->xFileSize(REAL(f), p);
 }
-static int wsLock(sqlite3_file *f, int l) { return REAL(f)->pMethods->xLock(REAL(f), l); }
+static int wsLock(sqlite3_file *pFile, int l) {
+    ws_file *f = (ws_file *)pFile;
+    int rc = REAL(f)->pMethods->xLock(REAL(f), l);
+    /* In WAL mode only the checkpoint at last close and a journal-mode
+    ** switch take the exclusive lock: both write the file. */
+    if (rc == SQLITE_OK && l == SQLITE_LOCK_EXCLUSIVE && f->kind == KIND_MAIN && f->sh)
+        dbfile_check(f);
+    return rc;
+}
 static int wsUnlock(sqlite3_file *f, int l) { return REAL(f)->pMethods->xUnlock(REAL(f), l); }
 static int wsCheckReservedLock(sqlite3_file *f, int *p) {
     return REAL(f)->pMethods->xCheckReservedLock(REAL(f), p);
@@ -471,6 +499,14 @@ static int wsShmLock(sqlite3_file *pFile, int offset, int n, int flags) {
         f->have_at_write = 0;
     }
     int rc = REAL(f)->pMethods->xShmLock(REAL(f), offset, n, flags);
+    if (rc == SQLITE_OK && f->sh && offset == WALIDX_LOCK_CKPT && (flags & SQLITE_SHM_EXCLUSIVE)) {
+        /* A checkpoint (or a recovery) by this connection: it writes the
+        ** database file while it holds CKPT. */
+        if (flags & SQLITE_SHM_LOCK)
+            dbfile_check(f);
+        else
+            dbfile_note(f->sh);
+    }
     if (rc == SQLITE_OK && write_slot && (flags & SQLITE_SHM_LOCK)) {
         f->holds_write = 1;
         f->have_at_write = read_idx_hdr(f, &f->at_write) == 0;
@@ -568,8 +604,12 @@ static int wsDelete(sqlite3_vfs *pVfs, const char *zPath, int dirSync) {
         sqlite3_free(db);
         if (sh) {
             int rc = on_wal_delete(sh, zPath);
+            if (rc == SQLITE_OK) {
+                rc = base->xDelete(base, zPath, dirSync);
+                dbfile_note(sh); /* the checkpoint at close wrote the file */
+            }
             shipper_detach(sh);
-            if (rc != SQLITE_OK) return rc;
+            return rc;
         }
     }
     return base->xDelete(base, zPath, dirSync);
