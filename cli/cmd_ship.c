@@ -89,7 +89,7 @@ int cmd_ship(int argc, char **argv) {
         if (r == 1) {
             fprintf(stderr, "walship ship: drained %s\n", path);
         } else {
-            char json[4096];
+            char json[8192];
             ws_status_json(shipper_spool(sh), path, cfg.url, json, sizeof json);
             fprintf(stderr, "walship ship: could not drain %s: %s\n", path,
                     r < 0 ? walship_strerror(-r) : "timed out");
@@ -143,7 +143,7 @@ int cmd_status(int argc, char **argv) {
     spool *sp = NULL;
     wserr err = {0};
     if (spool_open(dir, &sp, &err) != 0) return cli_fail(&err);
-    char out[4096];
+    char out[8192];
     ws_status_json(sp, path, NULL, out, sizeof out);
     spool_close(sp);
     if (json) {

@@ -26,6 +26,7 @@ const char *walship_strerror(int err) {
     case WALSHIP_ERR_NOSPACE: return "no space left on device";
     case WALSHIP_ERR_STATE: return "invalid state";
     case WALSHIP_ERR_SQLITE: return "SQLite error";
+    case WALSHIP_ERR_OWNER: return "destination belongs to another database";
     default: return "unknown error";
     }
 }

@@ -59,7 +59,8 @@ typedef enum walship_err {
     WALSHIP_ERR_BUSY = 12,       /* another process holds what is needed */
     WALSHIP_ERR_NOSPACE = 13,    /* local disk full */
     WALSHIP_ERR_STATE = 14,      /* operation not valid in the current state */
-    WALSHIP_ERR_SQLITE = 15      /* SQLite returned an error */
+    WALSHIP_ERR_SQLITE = 15,     /* SQLite returned an error */
+    WALSHIP_ERR_OWNER = 16       /* the destination holds another database's history */
 } walship_err;
 
 /* A short, static, English description of an error code ("corrupt data").
@@ -73,10 +74,12 @@ WALSHIP_API const char *walship_strerror(int err);
 WALSHIP_API int walship_register(const char *base_vfs, int make_default);
 
 /* Blocks until every transaction committed so far to the database at
-** db_path through the walship VFS in this process is in the store, or until
-** timeout_ms passes (negative: wait forever). Returns 1 when flushed, 0 on
-** timeout, and a negative walship_err on failure (-WALSHIP_ERR_NOTFOUND if
-** the database is not open through walship in this process). */
+** db_path is in the store -- whether committed through walship in any
+** process or by a plain SQLite connection (its commits are taken from the
+** WAL) -- or until timeout_ms passes (negative: wait forever). Returns 1
+** when flushed, 0 on timeout (the database's status says why), and a
+** negative walship_err on failure (-WALSHIP_ERR_NOTFOUND if the database is
+** not open through walship in this process). */
 WALSHIP_API int walship_flush(const char *db_path, int timeout_ms);
 
 #ifdef __cplusplus

@@ -4,6 +4,7 @@
 #include "config.h"
 
 #include <ctype.h>
+#include <errno.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -60,6 +61,43 @@ static int duration_opt(const char *name, int64_t dflt, int64_t unit, int64_t *o
     return 0;
 }
 
+static int bool_opt(const char *name, int dflt, int *out, ws_param_fn get_param, void *ctx,
+                    wserr *err) {
+    const char *v = lookup(name, get_param, ctx);
+    *out = dflt;
+    if (v == NULL) return 0;
+    if (strcmp(v, "0") == 0 || strcmp(v, "off") == 0 || strcmp(v, "false") == 0)
+        *out = 0;
+    else if (strcmp(v, "1") == 0 || strcmp(v, "on") == 0 || strcmp(v, "true") == 0)
+        *out = 1;
+    else
+        return wserr_set(err, WALSHIP_ERR_INVALID, "walship_%s=\"%.50s\" must be 1 or 0 (on or off)",
+                         name, v);
+    return 0;
+}
+
+int ws_parse_size(const char *s, uint64_t *out) {
+    if (s == NULL || *s < '0' || *s > '9') return WALSHIP_ERR_INVALID;
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno == ERANGE) return WALSHIP_ERR_INVALID;
+    static const struct {
+        const char *sfx;
+        uint64_t mul;
+    } units[] = {{"", 1},          {"B", 1},          {"k", 1000},          {"KB", 1000},
+                 {"KiB", 1024},    {"M", 1000000},    {"MB", 1000000},      {"MiB", 1 << 20},
+                 {"G", 1000000000}, {"GB", 1000000000}, {"GiB", (uint64_t)1 << 30},
+                 {"T", 1000000000000ull}, {"TB", 1000000000000ull}, {"TiB", (uint64_t)1 << 40}};
+    for (size_t i = 0; i < sizeof units / sizeof units[0]; i++) {
+        if (strcmp(end, units[i].sfx) != 0) continue;
+        if (v > UINT64_MAX / units[i].mul) return WALSHIP_ERR_INVALID;
+        *out = (uint64_t)v * units[i].mul;
+        return 0;
+    }
+    return WALSHIP_ERR_INVALID;
+}
+
 int ws_config_load(ws_config *cfg, const char *db_path, ws_param_fn get_param, void *ctx,
                    wserr *err) {
     memset(cfg, 0, sizeof *cfg);
@@ -92,15 +130,15 @@ int ws_config_load(ws_config *cfg, const char *db_path, ws_param_fn get_param, v
         return rc;
     if ((rc = duration_opt("retention", 86400000, 1000, &cfg->retention_ms, get_param, ctx, err)))
         return rc;
-    const char *up = lookup("upload", get_param, ctx);
-    cfg->upload = 1;
-    if (up) {
-        if (strcmp(up, "0") == 0 || strcmp(up, "off") == 0 || strcmp(up, "false") == 0)
-            cfg->upload = 0;
-        else if (!(strcmp(up, "1") == 0 || strcmp(up, "on") == 0 || strcmp(up, "true") == 0))
-            return wserr_set(err, WALSHIP_ERR_INVALID,
-                             "walship_upload=\"%.50s\" must be 1 or 0 (on or off)", up);
-    }
+    if ((rc = bool_opt("upload", 1, &cfg->upload, get_param, ctx, err))) return rc;
+    if ((rc = bool_opt("adopt", 0, &cfg->adopt, get_param, ctx, err))) return rc;
+    const char *lim = lookup("spool_limit", get_param, ctx);
+    cfg->spool_limit = 0;
+    if (lim && ws_parse_size(lim, &cfg->spool_limit) != 0)
+        return wserr_set(err, WALSHIP_ERR_INVALID,
+                         "walship_spool_limit=\"%.50s\" is not a size (examples: 512MiB, 4GiB, "
+                         "0 for the default)",
+                         lim);
     const char *lv = lookup("zstd_level", get_param, ctx);
     cfg->zstd_level = 3;
     if (lv) {

@@ -16,6 +16,13 @@
 **   upload            1 (default): this process may become the shipper; 0: it
 **                     only records commits, and `walship ship DB` (or another
 **                     process) uploads them
+**   adopt             1: this database takes over a destination another
+**                     database owns (after a restore on a new machine, say);
+**                     0 (default): such a destination is refused
+**   spool_limit       bytes the spool may hold while the store is unreachable
+**                     (default 0: twice the database size, 1 GiB at least);
+**                     past it the queued history is dropped and a new
+**                     generation starts once the store answers again
 **   spool_dir         where the spool lives (default <db>-walship beside it;
 **                     WALSHIP_SPOOL_DIR is a base: <base>/<name>-walship)
 */
@@ -34,6 +41,8 @@ typedef struct ws_config {
     int64_t snapshot_interval_ms;
     int64_t retention_ms;
     int upload;
+    int adopt;
+    uint64_t spool_limit; /* 0: the default */
 } ws_config;
 
 /* Looks up an option by name: first through get_param (URI parameter
@@ -42,6 +51,10 @@ typedef struct ws_config {
 typedef const char *(*ws_param_fn)(void *ctx, const char *name);
 int ws_config_load(ws_config *cfg, const char *db_path, ws_param_fn get_param, void *ctx,
                    wserr *err);
+
+/* Parses "512MiB", "4GiB", "100MB", "1000" (bytes; k/M/G/T powers of 1000,
+** KiB/MiB/GiB/TiB of 1024). Returns 0 or WALSHIP_ERR_INVALID. */
+int ws_parse_size(const char *s, uint64_t *out);
 
 /* Parses "250ms", "5s", "10m", "24h", "7d" or a plain number of default_unit_ms. */
 int ws_parse_duration(const char *s, int64_t default_unit_ms, int64_t *out_ms);

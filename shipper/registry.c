@@ -280,6 +280,16 @@ int shipper_attach(const char *db_path, const ws_config *cfg, shipper **out, wse
     }
     pthread_mutex_unlock(&pool.mu);
 
+    /* A destination that can never work (not a URL walship knows, no bucket,
+    ** a relative path) refuses the open: the application would otherwise
+    ** run without backups. What may change while it runs (credentials, the
+    ** store being reachable) is the shipper's to report in last_error. */
+    store *probe = NULL;
+    rc = store_open(cfg->url, &probe, err);
+    store_free(probe);
+    if (rc == WALSHIP_ERR_INVALID) return rc;
+    wserr_clear(err);
+
     /* Build the new shipper without the pool lock (opening the spool does
     ** file I/O), then insert it unless another thread won the race. */
     sh = calloc(1, sizeof *sh);
@@ -409,7 +419,7 @@ int shipper_take_final_hdr(shipper *sh, walidx_hdr *out) {
 }
 
 void shipper_report_error(shipper *sh, const char *fmt, ...) {
-    char msg[256];
+    char msg[SPOOL_ERR_MAX];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);

@@ -10,7 +10,8 @@
 ** start (no T inside the window can fall in the old one). Object times are
 ** the store's LastModified, never earlier than the commits they hold, which
 ** keeps the rule on the safe side. The generation being written is never
-** deleted.
+** deleted. A generation's ownership marker (FORMAT.md 2.3) goes with the
+** generation's last object.
 */
 #include <inttypes.h>
 #include <stdlib.h>
@@ -18,6 +19,7 @@
 
 #include "../common/log.h"
 #include "../common/util.h"
+#include "../format/owner.h"
 #include "shipper_impl.h"
 
 typedef struct gen_objs {
@@ -87,6 +89,10 @@ int retention_run(shipper *sh, wserr *err) {
                 if (g == go->gen && (drop_all || (base && a < base))) del[ndel++] = key;
             } else if (objkey_parse_segment(key, &g, &a, &b) == 0) {
                 if (g == go->gen && (drop_all || (base && b <= base))) del[ndel++] = key;
+            } else if (drop_all) {
+                char marker[64];
+                owner_gen_key(marker, sizeof marker, go->gen);
+                if (strcmp(key, marker) == 0) del[ndel++] = key;
             }
         }
     }

@@ -44,6 +44,7 @@
 
 #include "../common/log.h"
 #include "../common/util.h"
+#include "../format/owner.h"
 #include "shipper_impl.h"
 
 enum { PH_UNELECTED = 0, PH_INIT = 1, PH_RUN = 2 };
@@ -57,6 +58,7 @@ enum { PH_UNELECTED = 0, PH_INIT = 1, PH_RUN = 2 };
 #define RETENTION_EVERY_MS (10 * 60 * 1000)
 #define BACKOFF_MAX_MS 30000
 #define SYNC_POINT_MS 100
+#define CLAIM_EVERY_MS 60000
 
 void *shipper_base_vfs(void);
 
@@ -601,7 +603,12 @@ static int apply_record(shipper *sh, const spool_rec *r, wserr *err) {
                  (unsigned long long)r->dbid.ctime_ns);
     switch (r->type) {
     case SPOOL_REC_WATERMARK:
-        if (!ss->cur_known) return 0; /* a snapshot start will place us */
+        if (!ss->cur_known) {
+            /* A snapshot start will place us; while discarding, every
+            ** committed frame counts as taken care of. */
+            if (ss->discarding) spool_shipped_set(sh->sp, r->salt1, r->salt2, r->mx_frame);
+            return 0;
+        }
         if (same_wal(ss, r->salt1, r->salt2) && (ss->cur.flags & WS_WALPOS_ENDED) &&
             r->mx_frame <= ss->cur.frame)
             return 0; /* nothing past the end */
@@ -976,6 +983,18 @@ static int upload_queue(shipper *sh, int64_t deadline, wserr *err) {
         if (q->generation == ss->rec.generation && q->last_txid > ss->rec.txid)
             return wserr_set(err, WALSHIP_ERR_STATE, "queued %s is not yet covered by the state",
                              q->name);
+        /* Before a generation's first object, and once a minute while
+        ** uploading: the destination must still be ours (another database
+        ** may have adopted it); a generation gets its marker before anything
+        ** of it is visible. */
+        if (q->generation != ss->marked_gen || ws_mono_ms() >= ss->next_claim_mono) {
+            int rc = claim_destination(sh, err);
+            if (rc == 0 && q->generation != ss->marked_gen)
+                rc = claim_generation(sh, q->generation, err);
+            if (rc) return rc;
+            ss->marked_gen = q->generation;
+            ss->next_claim_mono = ws_mono_ms() + CLAIM_EVERY_MS;
+        }
         int fd = open(path, O_RDONLY | O_CLOEXEC);
         if (fd < 0) return wserr_errno(err, wserr_from_errno(errno), errno, "open %s", path);
         int rc = store_put_fd(ss->st, key, fd, 0, err);
@@ -1291,6 +1310,8 @@ static int start_up(shipper *sh, wserr *err) {
     ship_state *ss = &sh->ss;
     int rc;
     if (ss->st == NULL && (rc = store_open(sh->cfg.url, &ss->st, err))) return rc;
+    /* Nothing is uploaded to a destination another database owns. */
+    if ((rc = claim_destination(sh, err))) return rc;
     if ((rc = recover_segment_tmp(sh, 0, err))) return rc;
     cleanup_tmp_files(sh);
     ship_record rec;
@@ -1384,6 +1405,16 @@ static int start_up(shipper *sh, wserr *err) {
             if (rc) return rc;
         }
     }
+    /* The generation must be ours (a spool copied from another database's
+    ** would extend its history). */
+    rc = claim_generation_check(sh, ss->gen, err);
+    if (rc == WALSHIP_ERR_OWNER) {
+        WS_WARN("generation_foreign", "db=%s err=\"%s\"", sh->db_path, err->msg);
+        wserr_clear(err);
+        return break_continuity(sh, "the generation in the store belongs to another database", err);
+    }
+    if (rc) return rc;
+    ss->marked_gen = ss->gen;
     ss->uploaded = ss->nqueue ? ss->queue[0].resume : ss->resume;
     return 0;
 }
@@ -1598,6 +1629,110 @@ static int check_suspect(shipper *sh, wserr *err) {
     return break_continuity(sh, reason, err);
 }
 
+/* ---- discarding ------------------------------------------------------------------ */
+enum { DISCARD_NONE = 0, DISCARD_LIMIT = 1, DISCARD_OWNER = 2 };
+#define DISCARD_RETRY_MIN_MS 2000
+#define DISCARD_RETRY_MAX_MS 60000
+#define LIMIT_CHECK_EVERY_MS 2000
+#define LIMIT_FLOOR ((uint64_t)1 << 30)
+
+/* Stops keeping history: what is queued or being built is dropped, the
+** state says "no generation", and from now on consumption only tells the
+** VFS that every committed frame is taken care of (so the spool stays
+** small and checkpoints copy nothing). Every committed transaction is in
+** the database file; a new generation's snapshot picks it up when
+** discarding ends (leave_discard). */
+static void enter_discard(shipper *sh, int kind, const char *why) {
+    ship_state *ss = &sh->ss;
+    WS_ERROR("discarding", "db=%s reason=\"%s\" queued_bytes=%" PRIu64, sh->db_path, why,
+             ss->queue_bytes);
+    drop_open_segment(sh);
+    snapjob_free(ss->snap);
+    ss->snap = NULL;
+    cleanup_tmp_files(sh);
+    char dir[PATH_MAX];
+    if (queue_dir(sh, dir, sizeof dir) == 0) {
+        for (int i = 0; i < ss->nqueue; i++) {
+            char path[PATH_MAX + 128];
+            snprintf(path, sizeof path, "%s/%s", dir, ss->queue[i].name);
+            unlink(path);
+        }
+    }
+    ss->nqueue = 0;
+    ss->queue_bytes = 0;
+    ss->cur_known = 0;
+    ss->gen = 0;
+    ss->tx_open = 0;
+    ss->pending_mx = 0;
+    ss->nwm = 0;
+    ss->discarding = kind;
+    ss->discard_backoff_ms = DISCARD_RETRY_MIN_MS;
+    ss->discard_retry_mono = ws_mono_ms() + ss->discard_backoff_ms;
+    /* A restart must not take up the dropped history again. */
+    memset(&ss->rec, 0, sizeof ss->rec);
+    wserr e2 = {0};
+    if (ss->hs.fd >= 0 && shipstate_save(&ss->hs, &ss->rec, &e2) != 0)
+        WS_WARN("discard_state_failed", "db=%s err=\"%s\"", sh->db_path, e2.msg);
+    set_error(sh, why);
+    spool_flags_set(sh->sp, SPOOL_ST_DISCARDING | (kind == DISCARD_OWNER ? SPOOL_ST_PERMANENT : 0));
+}
+
+/* While discarding: now and then, see whether it can end (the store
+** answers; the destination is ours again). Then a new generation starts. */
+static void discard_retry(shipper *sh) {
+    ship_state *ss = &sh->ss;
+    if (ws_mono_ms() < ss->discard_retry_mono) return;
+    wserr err = {0};
+    int rc;
+    if (ss->discarding == DISCARD_OWNER) {
+        rc = claim_destination(sh, &err);
+    } else {
+        store_obj o;
+        rc = store_head(ss->st, OWNER_KEY, &o, &err);
+        if (rc == WALSHIP_ERR_NOTFOUND) rc = 0;
+        if (rc == 0) rc = claim_destination(sh, &err);
+    }
+    if (rc == 0) {
+        WS_WARN("discarding_ends", "db=%s action=\"new generation\"", sh->db_path);
+        ss->discarding = DISCARD_NONE;
+        spool_flags_set(sh->sp, 0);
+        clear_error(sh);
+        return; /* cur_known is 0: the step starts a new generation */
+    }
+    if (rc == WALSHIP_ERR_OWNER) {
+        ss->discarding = DISCARD_OWNER;
+        set_error(sh, err.msg);
+        spool_flags_set(sh->sp, SPOOL_ST_DISCARDING | SPOOL_ST_PERMANENT);
+    }
+    ss->discard_backoff_ms *= 2;
+    if (ss->discard_backoff_ms > DISCARD_RETRY_MAX_MS) ss->discard_backoff_ms = DISCARD_RETRY_MAX_MS;
+    ss->discard_retry_mono = ws_mono_ms() + ss->discard_backoff_ms;
+}
+
+/* The spool's limit: walship_spool_limit, or twice the database (1 GiB at
+** least). Checked while uploads fail: past it, the queued history goes. */
+static void check_spool_limit(shipper *sh, const wserr *upload_err) {
+    ship_state *ss = &sh->ss;
+    int64_t now = ws_mono_ms();
+    if (now - ss->limit_check_mono < LIMIT_CHECK_EVERY_MS) return;
+    ss->limit_check_mono = now;
+    uint64_t limit = sh->cfg.spool_limit;
+    if (limit == 0) {
+        uint64_t db = (uint64_t)ss->hs.r.db_pages * ss->page_size;
+        limit = db * 2 > LIMIT_FLOOR ? db * 2 : LIMIT_FLOOR;
+    }
+    uint64_t used = ss->queue_bytes + spool_log_bytes(sh->sp);
+    if (ss->segw) used += seg_writer_bytes(ss->segw);
+    if (used <= limit) return;
+    char why[WSERR_MSG_MAX];
+    snprintf(why, sizeof why,
+             "the spool reached its limit (%" PRIu64 " MiB, walship_spool_limit) while the store "
+             "failed (%.200s): %" PRIu64 " MiB of queued history were dropped; a new generation "
+             "starts when the store answers (committed transactions are all in the database)",
+             limit >> 20, upload_err->msg, ss->queue_bytes >> 20);
+    enter_discard(sh, DISCARD_LIMIT, why);
+}
+
 /* ---- the step ------------------------------------------------------------------- */
 int64_t ship_step(shipper *sh) {
     ship_state *ss = &sh->ss;
@@ -1615,9 +1750,14 @@ int64_t ship_step(shipper *sh) {
         WS_INFO("elected", "db=%s pid=%d", sh->db_path, (int)getpid());
     }
     if (ss->phase == PH_INIT) {
-        if (start_up(sh, &err) != 0) {
+        int rc0 = start_up(sh, &err);
+        if (rc0 == WALSHIP_ERR_OWNER) {
+            enter_discard(sh, DISCARD_OWNER, err.msg);
+        } else if (rc0 != 0) {
             reset_volatile(sh);
-            return fail_backoff(sh, &err);
+            int64_t next = fail_backoff(sh, &err);
+            publish_status(sh);
+            return next;
         }
         ss->phase = PH_RUN;
         ss->next_retention_mono = now + (sh->cfg.retention_ms / 4 < 5000 ? sh->cfg.retention_ms / 4 : 5000);
@@ -1626,7 +1766,8 @@ int64_t ship_step(shipper *sh) {
     int64_t deadline = now + STEP_MAX_MS;
     spool_pos before = {ss->cur.log_seq, ss->cur.log_off};
     int rc = 0;
-    if (!ss->cur_known && ss->snap == NULL) rc = snapjob_start(sh, 1, &err);
+    if (ss->discarding) discard_retry(sh);
+    if (!ss->cur_known && ss->snap == NULL && !ss->discarding) rc = snapjob_start(sh, 1, &err);
     if (rc == 0 && ss->snap == NULL && ss->cur_known && snapshot_due(sh))
         rc = snapjob_start(sh, 0, &err);
     if (rc == 0) rc = consume(sh, deadline, &err);
@@ -1665,17 +1806,25 @@ int64_t ship_step(shipper *sh) {
     int64_t next = ws_mono_ms() + ss->idle_ms;
     if (ss->nqueue > 0 && ws_mono_ms() >= ss->retry_at_ms) {
         wserr uerr = {0};
-        if (upload_queue(sh, ws_mono_ms() + 5000, &uerr) != 0) {
+        int urc = upload_queue(sh, ws_mono_ms() + 5000, &uerr);
+        if (urc == WALSHIP_ERR_OWNER) {
+            enter_discard(sh, DISCARD_OWNER, uerr.msg);
+        } else if (urc != 0) {
             ss->retry_at_ms = fail_backoff(sh, &uerr);
+            check_spool_limit(sh, &uerr);
         } else {
             ss->backoff_ms = 0;
             clear_error(sh);
             if (ss->nqueue == 0 && ss->segw == NULL) ship_save_state(sh, &err);
         }
     }
-    if (ws_mono_ms() >= ss->next_retention_mono && ss->nqueue == 0) {
+    if (ws_mono_ms() >= ss->next_retention_mono && ss->nqueue == 0 && !ss->discarding) {
         wserr rerr = {0};
-        if (retention_run(sh, &rerr) != 0)
+        /* Only while the destination is ours: never delete another's. */
+        int crc = claim_destination(sh, &rerr);
+        if (crc == WALSHIP_ERR_OWNER)
+            enter_discard(sh, DISCARD_OWNER, rerr.msg);
+        else if (crc == 0 && retention_run(sh, &rerr) != 0)
             WS_WARN("retention_failed", "db=%s err=\"%s\"", sh->db_path, rerr.msg);
         /* Every ten minutes, or four times per window if that is shorter. */
         int64_t every = sh->cfg.retention_ms / 4;
@@ -1685,7 +1834,10 @@ int64_t ship_step(shipper *sh) {
     flush_finish(sh);
     /* Records before the durable resume position are never read again;
     ** whole files before it go once the position moves to a newer file. */
-    if (ss->rec.pos.log_seq > ss->trimmed_seq) {
+    if (ss->discarding && ss->resume.seq > ss->trimmed_seq) {
+        spool_trim(sh->sp, ss->resume);
+        ss->trimmed_seq = ss->resume.seq;
+    } else if (ss->rec.pos.log_seq > ss->trimmed_seq) {
         spool_trim(sh->sp, (spool_pos){ss->rec.pos.log_seq, ss->rec.pos.log_off});
         ss->trimmed_seq = ss->rec.pos.log_seq;
     }

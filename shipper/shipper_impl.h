@@ -94,6 +94,16 @@ typedef struct ship_state {
 
     snapjob *snap;
     int64_t next_retention_mono;
+    uint64_t marked_gen;       /* generation whose ownership marker is known written */
+    int64_t next_claim_mono;   /* next look at the destination's owner while uploading */
+
+    /* Discarding (ship.c): history is not kept while the destination is
+    ** refused (another database owns it) or the spool hit its limit during
+    ** an outage; commits are followed only so the VFS copies nothing. */
+    int discarding;            /* DISCARD_* */
+    int64_t discard_retry_mono;
+    int64_t discard_backoff_ms;
+    int64_t limit_check_mono;  /* last look at the spool's size */
     uint64_t trimmed_seq;      /* spool files before this one are gone */
     int64_t idle_ms;           /* current poll interval when nothing happens */
     uint32_t flush_seen;       /* flush requests that closed a segment */
@@ -126,7 +136,7 @@ struct shipper {
     pthread_cond_t cv;         /* broadcast after every step (flush waiters) */
     walidx_hdr final_hdr;
     int have_final;
-    char vfs_error[256];
+    char vfs_error[SPOOL_ERR_MAX];
     atomic_int nudged;
     /* step state */
     ship_state ss;
@@ -167,5 +177,12 @@ uint64_t ship_new_generation_id(void);
 
 /* retention.c */
 int retention_run(shipper *sh, wserr *err);
+
+/* claim.c: ownership records (docs/FORMAT.md 2.3). WALSHIP_ERR_OWNER when
+** another database owns the destination or the generation. */
+int claim_destination(shipper *sh, wserr *err);
+int claim_generation(shipper *sh, uint64_t gen, wserr *err);
+/* For a generation being resumed: its marker must be ours (written if absent). */
+int claim_generation_check(shipper *sh, uint64_t gen, wserr *err);
 
 #endif

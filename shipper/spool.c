@@ -21,7 +21,7 @@
 #include "../common/log.h"
 
 #define CTL_MAGIC 0x57534354u /* "WSCT" */
-#define CTL_VERSION 1u
+#define CTL_VERSION 2u
 #define CTL_SIZE 4096
 #define ROTATE_BYTES ((uint64_t)4 << 20)
 
@@ -51,8 +51,7 @@ struct ctl_block {
     _Atomic uint64_t st_generation, st_txid, st_shipped_txid;
     _Atomic int64_t st_oldest_ms;
     _Atomic uint64_t st_up_seq, st_up_off, st_queue_bytes;
-    _Atomic uint64_t st_err[32];
-    /* appended in 0.2: */
+    _Atomic uint64_t st_err[SPOOL_ERR_MAX / 8];
     _Atomic uint64_t dbfile_evidence; /* spool_dbfile_note(); survives a rebuild */
     _Atomic uint32_t flush_done;      /* flush requests fully served (shipper) */
     _Atomic uint32_t st_flags;        /* SPOOL_ST_* (shipper) */
@@ -628,7 +627,7 @@ void spool_status_set(spool *sp, const spool_status *st) {
     atomic_store_explicit(&c->st_up_seq, st->uploaded.seq, SEQ_ST);
     atomic_store_explicit(&c->st_up_off, st->uploaded.off, SEQ_ST);
     atomic_store_explicit(&c->st_queue_bytes, st->queue_bytes, SEQ_ST);
-    for (int i = 0; i < 32; i++) {
+    for (int i = 0; i < SPOOL_ERR_MAX / 8; i++) {
         uint64_t w;
         memcpy(&w, st->last_error + i * 8, 8);
         atomic_store_explicit(&c->st_err[i], w, SEQ_ST);
@@ -650,7 +649,7 @@ void spool_status_get(spool *sp, spool_status *o) {
         o->uploaded.seq = atomic_load_explicit(&c->st_up_seq, SEQ_LD);
         o->uploaded.off = atomic_load_explicit(&c->st_up_off, SEQ_LD);
         o->queue_bytes = atomic_load_explicit(&c->st_queue_bytes, SEQ_LD);
-        for (int i = 0; i < 32; i++) {
+        for (int i = 0; i < SPOOL_ERR_MAX / 8; i++) {
             uint64_t w = atomic_load_explicit(&c->st_err[i], SEQ_LD);
             memcpy(o->last_error + i * 8, &w, 8);
         }
@@ -689,6 +688,20 @@ int spool_dbfile_check(spool *sp, const char *db_path) {
 }
 
 uint32_t spool_dbfile_suspects(spool *sp) { return atomic_load(&sp->ctl->dbfile_suspect); }
+
+uint64_t spool_log_bytes(spool *sp) {
+    uint64_t *seqs = NULL, total = 0;
+    size_t n = 0;
+    if (list_logs(sp, &seqs, &n, NULL) != 0) return 0;
+    for (size_t i = 0; i < n; i++) {
+        char path[PATH_MAX];
+        struct stat st;
+        if (log_path(sp, seqs[i], path, sizeof path) == 0 && stat(path, &st) == 0)
+            total += (uint64_t)st.st_size;
+    }
+    free(seqs);
+    return total;
+}
 
 void spool_flags_set(spool *sp, uint32_t flags) { atomic_store(&sp->ctl->st_flags, flags); }
 

@@ -56,6 +56,8 @@ typedef struct spool_walinfo {
     uint32_t wm_mx;
 } spool_walinfo;
 
+#define SPOOL_ERR_MAX 512 /* bytes of last_error, NUL included */
+
 /* The status the elected shipper publishes for `walship status`, PRAGMA
 ** walship_status and walship_flush. */
 typedef struct spool_status {
@@ -67,7 +69,7 @@ typedef struct spool_status {
     int64_t oldest_unshipped_ms; /* commit time of the oldest transaction not yet stored; 0 = none */
     spool_pos uploaded;        /* every record before this is in the store */
     uint64_t queue_bytes;      /* closed segments waiting for upload */
-    char last_error[256];      /* "" when healthy */
+    char last_error[SPOOL_ERR_MAX]; /* "" when healthy */
 } spool_status;
 
 /* Opens (creating if needed) the spool directory dir for a database and maps
@@ -102,6 +104,9 @@ int spool_begin(spool *sp, spool_pos *out, wserr *err);
 ** published end, or a negative walship_err. A record that fails its checks
 ** before the published end is corruption of the spool (WALSHIP_ERR_CORRUPT). */
 int spool_read(spool *sp, spool_pos *pos, wsbuf *buf, spool_rec *rec, wserr *err);
+
+/* Bytes in the log files now (a directory listing and a stat per file). */
+uint64_t spool_log_bytes(spool *sp);
 
 /* Deletes log files that lie entirely before pos (never the current one). */
 void spool_trim(spool *sp, spool_pos pos);

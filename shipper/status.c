@@ -79,18 +79,23 @@ void ws_status_json(spool *sp, const char *db_path, const char *url, char *out, 
     uint64_t wal_bytes = 0;
     if (snprintf(wal, sizeof wal, "%s-wal", db_path) < (int)sizeof wal && stat(wal, &ws) == 0)
         wal_bytes = (uint64_t)ws.st_size;
-    char edb[1024], eurl[2048], eerr[600], rurl[2048];
+    char edb[1024], eurl[2048], eerr[1200], rurl[2048];
     ws_json_escape(edb, sizeof edb, db_path);
     ws_redact_url(rurl, sizeof rurl, url ? url : "");
     ws_json_escape(eurl, sizeof eurl, rurl);
     ws_json_escape(eerr, sizeof eerr, st.last_error);
-    int alive = st.heartbeat_ms > 0 && now - st.heartbeat_ms < 10000;
+    /* A shipper lives while some process holds the election lock, however
+    ** long its current upload takes. */
+    int alive = spool_shipper_alive(sp);
+    uint32_t flags = spool_flags_get(sp);
     snprintf(out, n,
              "{\"db\":\"%s\",\"url\":\"%s\",\"generation\":\"%016" PRIx64 "\",\"txid\":%" PRIu64
              ",\"shipped_txid\":%" PRIu64 ",\"lag_ms\":%" PRId64 ",\"spool_bytes\":%" PRIu64
              ",\"wal_bytes\":%" PRIu64 ",\"queue_bytes\":%" PRIu64
-             ",\"shipper_pid\":%d,\"shipper_alive\":%s,\"last_error\":\"%s\"}",
+             ",\"shipper_pid\":%d,\"shipper_alive\":%s,\"discarding\":%s,"
+             "\"error_needs_user\":%s,\"last_error\":\"%s\"}",
              edb, eurl, st.generation, st.txid, st.shipped_txid, lag,
              dir_bytes(spool_path(sp), 0), wal_bytes, st.queue_bytes, (int)st.pid,
-             alive ? "true" : "false", eerr);
+             alive ? "true" : "false", (flags & SPOOL_ST_DISCARDING) ? "true" : "false",
+             (flags & SPOOL_ST_PERMANENT) ? "true" : "false", eerr);
 }

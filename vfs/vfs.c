@@ -435,13 +435,13 @@ static int handle_pragma(ws_file *f, char **azArg) {
     const char *name = azArg[1];
     const char *val = azArg[2];
     if (sqlite3_stricmp(name, "walship_status") == 0) {
-        char *json = sqlite3_malloc(4096);
+        char *json = sqlite3_malloc(8192);
         if (json == NULL) return SQLITE_NOMEM;
         if (f->sh)
             ws_status_json(shipper_spool(f->sh), shipper_db_path(f->sh),
-                           shipper_config(f->sh)->url, json, 4096);
+                           shipper_config(f->sh)->url, json, 8192);
         else
-            snprintf(json, 4096, "{\"shipping\":false}");
+            snprintf(json, 8192, "{\"shipping\":false}");
         azArg[0] = json;
         return SQLITE_OK;
     }
