@@ -3,6 +3,8 @@
 */
 #include "util.h"
 
+#include "sysio.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -141,7 +143,19 @@ int ws_parse_time(const char *s, int64_t *out_ms) {
 uint64_t ws_hash64(const void *p, size_t n) { return XXH3_64bits(p, n); }
 
 /* ---- file I/O --------------------------------------------------------- */
+/* A write the fault layer (sysio.h) fails: nothing, or half of it, lands. */
+static int write_fault(int fd, const void *buf, size_t n, off_t off, int positional) {
+    size_t part = 0;
+    if (ws_sys_write_fault(fd, n, &part) != 0) return -1;
+    if (part == 0) return 0;
+    ssize_t w = positional ? pwrite(fd, buf, part, off) : write(fd, buf, part);
+    (void)w;
+    errno = EIO;
+    return -1;
+}
+
 int ws_write_all(int fd, const void *buf, size_t n) {
+    if (write_fault(fd, buf, n, 0, 0) != 0) return -1;
     const uint8_t *p = buf;
     while (n > 0) {
         ssize_t w = write(fd, p, n);
@@ -156,6 +170,7 @@ int ws_write_all(int fd, const void *buf, size_t n) {
 }
 
 int ws_pwrite_all(int fd, const void *buf, size_t n, off_t off) {
+    if (write_fault(fd, buf, n, off, 1) != 0) return -1;
     const uint8_t *p = buf;
     while (n > 0) {
         ssize_t w = pwrite(fd, p, n, off);
@@ -205,7 +220,7 @@ int ws_fsync_dir_of(const char *path, wserr *err) {
     int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0) return wserr_errno(err, wserr_from_errno(errno), errno, "open directory %s", dir);
     int rc = 0;
-    if (fsync(fd) != 0 && errno != EINVAL)
+    if (ws_sys_fsync(fd) != 0 && errno != EINVAL)
         rc = wserr_errno(err, WALSHIP_ERR_IO, errno, "fsync directory %s", dir);
     close(fd);
     return rc;
@@ -235,7 +250,7 @@ int ws_write_file_atomic(const char *path, const void *buf, size_t n, wserr *err
     int fd = mkostemp(tmp, O_CLOEXEC);
     if (fd < 0) return wserr_errno(err, wserr_from_errno(errno), errno, "create %s", tmp);
     int rc = 0;
-    if (ws_write_all(fd, buf, n) != 0 || fdatasync(fd) != 0) {
+    if (ws_write_all(fd, buf, n) != 0 || ws_sys_fdatasync(fd) != 0) {
         rc = wserr_errno(err, wserr_from_errno(errno), errno, "write %s", tmp);
         goto fail;
     }
@@ -245,7 +260,7 @@ int ws_write_file_atomic(const char *path, const void *buf, size_t n, wserr *err
         goto fail;
     }
     fd = -1;
-    if (rename(tmp, path) != 0) {
+    if (ws_sys_rename(tmp, path) != 0) {
         rc = wserr_errno(err, wserr_from_errno(errno), errno, "rename %s to %s", tmp, path);
         goto fail;
     }

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "../common/log.h"
+#include "../common/sysio.h"
 #include "../common/util.h"
 #include "../format/owner.h"
 
@@ -85,14 +86,14 @@ static int ident_write(const char *spool_dir, const ws_ident *id, int replace, w
     if (ident_path(spool_dir, path, sizeof path) || n < 0 || n >= (int)sizeof text ||
         snprintf(tmp, sizeof tmp, "%s.tmp-%d", path, (int)getpid()) >= (int)sizeof tmp)
         return wserr_set(err, WALSHIP_ERR_INVALID, "spool path too long: %s", spool_dir);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    int fd = ws_sys_open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) return wserr_errno(err, wserr_from_errno(errno), errno, "create %s", tmp);
     int rc = 0;
-    if (ws_write_all(fd, text, (size_t)n) != 0 || fdatasync(fd) != 0)
+    if (ws_write_all(fd, text, (size_t)n) != 0 || ws_sys_fdatasync(fd) != 0)
         rc = wserr_errno(err, wserr_from_errno(errno), errno, "write %s", tmp);
     close(fd);
     if (rc == 0) {
-        int r = replace ? rename(tmp, path) : link(tmp, path);
+        int r = replace ? ws_sys_rename(tmp, path) : ws_sys_link(tmp, path);
         if (r != 0)
             rc = errno == EEXIST && !replace
                      ? WALSHIP_ERR_EXISTS

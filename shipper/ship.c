@@ -43,6 +43,7 @@
 #include <unistd.h>
 
 #include "../common/log.h"
+#include "../common/sysio.h"
 #include "../common/util.h"
 #include "../format/owner.h"
 #include "shipper_impl.h"
@@ -254,7 +255,7 @@ static int open_segment(shipper *sh, wserr *err) {
     char path[PATH_MAX];
     if (spool_file(sh, "seg.tmp", path, sizeof path))
         return wserr_set(err, WALSHIP_ERR_INVALID, "spool path too long");
-    ss->seg_fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    ss->seg_fd = ws_sys_open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (ss->seg_fd < 0) return wserr_errno(err, wserr_from_errno(errno), errno, "create %s", path);
     int rc = seg_writer_open(ss->seg_fd, ss->page_size, sh->db_id, ss->gen, ss->next_txid, ss->hs.r.chk,
                              ss->hs.r.db_pages, sh->cfg.zstd_level, &ss->segw, err);
@@ -769,7 +770,7 @@ int ship_enqueue(shipper *sh, const char *tmp_path, const queued *q, wserr *err)
         return wserr_set(err, WALSHIP_ERR_INVALID, "spool path too long");
     int rc = ws_mkdir_p(dir, 0755, err);
     if (rc) return rc;
-    if (rename(tmp_path, path) != 0)
+    if (ws_sys_rename(tmp_path, path) != 0)
         return wserr_errno(err, wserr_from_errno(errno), errno, "move %s into the queue", tmp_path);
     rc = ws_fsync_dir_of(path, err);
     if (rc) return rc;
@@ -821,7 +822,7 @@ static int close_segment(shipper *sh, wserr *err) {
     seg_header hdr;
     int rc = seg_writer_finish(ss->segw, &r.pos, &hdr, err);
     if (rc) return rc;
-    if (fdatasync(ss->seg_fd) != 0)
+    if (ws_sys_fdatasync(ss->seg_fd) != 0)
         return wserr_errno(err, wserr_from_errno(errno), errno, "sync segment");
     queued q;
     memset(&q, 0, sizeof q);
@@ -879,7 +880,7 @@ static int sync_point(shipper *sh, wserr *err) {
     live_record(ss, &r);
     int rc = seg_writer_sync_point(ss->segw, &r.pos, err);
     if (rc) return rc;
-    if (fdatasync(ss->seg_fd) != 0)
+    if (ws_sys_fdatasync(ss->seg_fd) != 0)
         return wserr_errno(err, wserr_from_errno(errno), errno, "sync segment");
     ss->seg_synced_ntx = seg_writer_ntx(ss->segw);
     ss->seg_synced_mono = ws_mono_ms();
@@ -904,7 +905,7 @@ static int recover_segment_tmp(shipper *sh, int push, wserr *err) {
     if (fstat(fd, &st) != 0 || st.st_size < SEG_HEADER_SIZE) goto done;
     m = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
     if (m == MAP_FAILED) goto done;
-    ofd = open(out, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    ofd = ws_sys_open(out, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (ofd < 0) {
         rc = wserr_errno(err, wserr_from_errno(errno), errno, "create %s", out);
         goto done;
@@ -923,7 +924,7 @@ static int recover_segment_tmp(shipper *sh, int push, wserr *err) {
             WS_WARN("segment_recovery_failed", "db=%s err=\"%s\"", sh->db_path, e2.msg);
         goto done;
     }
-    if (fdatasync(ofd) != 0) {
+    if (ws_sys_fdatasync(ofd) != 0) {
         rc = wserr_errno(err, wserr_from_errno(errno), errno, "sync %s", out);
         goto done;
     }
@@ -935,7 +936,7 @@ static int recover_segment_tmp(shipper *sh, int push, wserr *err) {
     queue_dir(sh, dir, sizeof dir);
     if ((rc = ws_mkdir_p(dir, 0755, err))) goto done;
     snprintf(dst, sizeof dst, "%s/%s", dir, q.name);
-    if (rename(out, dst) != 0) {
+    if (ws_sys_rename(out, dst) != 0) {
         rc = wserr_errno(err, wserr_from_errno(errno), errno, "move %s into the queue", out);
         goto done;
     }
@@ -1306,10 +1307,23 @@ out:
     return rc;
 }
 
+static void publish_status(shipper *sh);
+
+/* The store retries a failing request for a while: say so at once. Runs on
+** the worker running this shipper's step (the request is made there). */
+static void on_store_retry(void *ctx, const char *msg) {
+    shipper *sh = ctx;
+    set_error(sh, msg);
+    publish_status(sh);
+}
+
 static int start_up(shipper *sh, wserr *err) {
     ship_state *ss = &sh->ss;
     int rc;
-    if (ss->st == NULL && (rc = store_open(sh->cfg.url, &ss->st, err))) return rc;
+    if (ss->st == NULL) {
+        if ((rc = store_open(sh->cfg.url, &ss->st, err))) return rc;
+        store_set_retry_hook(ss->st, on_store_retry, sh);
+    }
     /* Nothing is uploaded to a destination another database owns. */
     if ((rc = claim_destination(sh, err))) return rc;
     if ((rc = recover_segment_tmp(sh, 0, err))) return rc;

@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "../common/sysio.h"
 #include "../common/util.h"
 
 #define SLOT_SIZE 512
@@ -108,7 +109,7 @@ int shipstate_open(shipstate *ss, const char *dir, ship_record *rec, int *have, 
     char path[PATH_MAX];
     if (snprintf(path, sizeof path, "%s/state", dir) >= (int)sizeof path)
         return wserr_set(err, WALSHIP_ERR_INVALID, "spool path too long");
-    ss->fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    ss->fd = ws_sys_open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     if (ss->fd < 0) return wserr_errno(err, wserr_from_errno(errno), errno, "open %s", path);
     uint8_t slots[2 * SLOT_SIZE];
     ssize_t r = ws_pread_full(ss->fd, slots, sizeof slots, 0);
@@ -214,7 +215,7 @@ int shipstate_save(shipstate *ss, const ship_record *rec, wserr *err) {
             uint32_t last = p + RUN - 1 < rec->db_pages ? p + RUN - 1 : rec->db_pages;
             bad = write_run(ss, p, last, scratch) != 0;
         }
-        if (!bad && ftruncate(ss->fd, ENTRIES_OFF + (off_t)rec->db_pages * 8) != 0) bad = 1;
+        if (!bad && ws_sys_ftruncate(ss->fd, ENTRIES_OFF + (off_t)rec->db_pages * 8) != 0) bad = 1;
     } else if (ss->ndirty) {
         qsort(ss->dirty, ss->ndirty, sizeof *ss->dirty, cmp_u32);
         uint32_t i = 0;
@@ -228,13 +229,13 @@ int shipstate_save(shipstate *ss, const ship_record *rec, wserr *err) {
     }
     free(scratch);
     /* Entries are durable before the slot that vouches for them. */
-    if (bad || fdatasync(ss->fd) != 0)
+    if (bad || ws_sys_fdatasync(ss->fd) != 0)
         return wserr_errno(err, wserr_from_errno(errno), errno, "write shipper state");
     uint8_t slot[SLOT_SIZE];
     uint64_t seq = ss->seq + 1;
     encode_slot(slot, seq, rec);
     if (ws_pwrite_all(ss->fd, slot, SLOT_SIZE, (off_t)(seq % 2) * SLOT_SIZE) != 0 ||
-        fdatasync(ss->fd) != 0)
+        ws_sys_fdatasync(ss->fd) != 0)
         return wserr_errno(err, wserr_from_errno(errno), errno, "write shipper state");
     ss->seq = seq;
     ss->ndirty = 0;

@@ -45,6 +45,7 @@
 #include <unistd.h>
 
 #include "../common/log.h"
+#include "../common/sysio.h"
 #include "../common/util.h"
 #include "shipper_impl.h"
 
@@ -360,8 +361,8 @@ int snapjob_start(shipper *sh, int genstart, wserr *err) {
         snapjob_free(j);
         return wserr_set(err, WALSHIP_ERR_INVALID, "spool path too long");
     }
-    j->tmp_fd = open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    j->ov_fd = open(ov, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    j->tmp_fd = ws_sys_open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    j->ov_fd = ws_sys_open(ov, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     j->base_hash = calloc(j->file_pages ? j->file_pages : 1, sizeof *j->base_hash);
     if (j->tmp_fd < 0 || j->ov_fd < 0 || j->base_hash == NULL) {
         rc = j->base_hash ? wserr_errno(err, wserr_from_errno(errno), errno, "create %s", tmp)
@@ -463,7 +464,7 @@ static int finalize_image(snapjob *j, uint32_t db_pages, uint64_t txid, int64_t 
     uint64_t chk = 0;
     for (uint32_t p = 0; p < db_pages; p++) chk ^= h[p];
     if ((rc = snap_writer_finish(j->w, txid, commit_ms, db_pages, chk, resume, err))) goto out;
-    if (fdatasync(j->tmp_fd) != 0) {
+    if (ws_sys_fdatasync(j->tmp_fd) != 0) {
         rc = wserr_errno(err, wserr_from_errno(errno), errno, "sync snapshot");
         goto out;
     }

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "../common/log.h"
+#include "../common/sysio.h"
 
 #define CTL_MAGIC 0x57534354u /* "WSCT" */
 #define CTL_VERSION 2u
@@ -111,7 +112,7 @@ static int open_log(const spool *sp, uint64_t seq, int flags, wserr *err) {
     char path[PATH_MAX];
     if (log_path(sp, seq, path, sizeof path))
         return -wserr_set(err, WALSHIP_ERR_INVALID, "spool path too long");
-    int fd = open(path, flags | O_CLOEXEC, 0644);
+    int fd = ws_sys_open(path, flags | O_CLOEXEC, 0644);
     if (fd < 0) return -wserr_errno(err, wserr_from_errno(errno), errno, "open spool log %s", path);
     return fd;
 }
@@ -126,7 +127,7 @@ static int create_log(spool *sp, uint64_t seq, int durable, wserr *err) {
     if (fd < 0) return fd;
     uint8_t hdr[SPOOL_FILE_HDR_SIZE];
     spool_file_hdr_encode(hdr);
-    if (ws_pwrite_all(fd, hdr, sizeof hdr, 0) != 0 || (durable && fdatasync(fd) != 0)) {
+    if (ws_pwrite_all(fd, hdr, sizeof hdr, 0) != 0 || (durable && ws_sys_fdatasync(fd) != 0)) {
         int e = errno;
         close(fd);
         return -wserr_errno(err, wserr_from_errno(e), e, "write spool log header in %s", sp->dir);
@@ -274,7 +275,7 @@ static int rebuild_ctl(spool *sp, wserr *err) {
                 continue;
             }
             spool_file_hdr_encode(fh);
-            if (ws_pwrite_all(fd, fh, sizeof fh, 0) != 0 || ftruncate(fd, sizeof fh) != 0) {
+            if (ws_pwrite_all(fd, fh, sizeof fh, 0) != 0 || ws_sys_ftruncate(fd, sizeof fh) != 0) {
                 rc = wserr_errno(err, wserr_from_errno(errno), errno, "repair spool log in %s",
                                  sp->dir);
                 close(fd);
@@ -292,7 +293,7 @@ static int rebuild_ctl(spool *sp, wserr *err) {
                 close(fd);
                 goto out;
             }
-            if ((uint64_t)st.st_size != end && i + 1 == n && ftruncate(fd, (off_t)end) != 0) {
+            if ((uint64_t)st.st_size != end && i + 1 == n && ws_sys_ftruncate(fd, (off_t)end) != 0) {
                 rc = wserr_errno(err, wserr_from_errno(errno), errno, "trim spool log in %s",
                                  sp->dir);
                 close(fd);
@@ -355,7 +356,7 @@ int spool_open(const char *dir, spool **out, wserr *err) {
         rc = wserr_set(err, WALSHIP_ERR_INVALID, "spool path too long: %s", dir);
         goto fail;
     }
-    sp->ctl_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    sp->ctl_fd = ws_sys_open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     if (sp->ctl_fd < 0) {
         rc = wserr_errno(err, wserr_from_errno(errno), errno, "open %s", path);
         goto fail;
@@ -367,7 +368,7 @@ int spool_open(const char *dir, spool **out, wserr *err) {
     }
     struct stat st;
     if (fstat(sp->ctl_fd, &st) != 0 ||
-        (st.st_size < CTL_SIZE && ftruncate(sp->ctl_fd, CTL_SIZE) != 0)) {
+        (st.st_size < CTL_SIZE && ws_sys_ftruncate(sp->ctl_fd, CTL_SIZE) != 0)) {
         rc = wserr_errno(err, wserr_from_errno(errno), errno, "size %s", path);
         goto fail;
     }
@@ -432,7 +433,7 @@ static int writer_fd(spool *sp, uint64_t seq, wserr *err) {
 static int rotate_locked(spool *sp, uint64_t seq, uint64_t end, wserr *err) {
     int rc = writer_fd(sp, seq, err);
     if (rc) return rc;
-    if (ftruncate(sp->wr_fd, (off_t)end) != 0)
+    if (ws_sys_ftruncate(sp->wr_fd, (off_t)end) != 0)
         return wserr_errno(err, wserr_from_errno(errno), errno, "trim spool log in %s", sp->dir);
     int fd = create_log(sp, seq + 1, 0, err);
     if (fd < 0) return -fd;
@@ -466,7 +467,7 @@ int spool_append(spool *sp, const uint8_t *rec, size_t n, int sync, wserr *err) 
         return wserr_errno(err, wserr_from_errno(errno), errno, "append to spool log in %s",
                            sp->dir);
     if (sync) {
-        if (fdatasync(sp->wr_fd) != 0)
+        if (ws_sys_fdatasync(sp->wr_fd) != 0)
             return wserr_errno(err, wserr_from_errno(errno), errno, "sync spool log in %s",
                                sp->dir);
         /* A log file created without a sync needs its directory entry made
@@ -724,7 +725,7 @@ int spool_try_elect(spool *sp, wserr *err) {
         char path[PATH_MAX];
         if (snprintf(path, sizeof path, "%s/lock", sp->dir) >= (int)sizeof path)
             return -wserr_set(err, WALSHIP_ERR_INVALID, "spool path too long");
-        sp->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+        sp->lock_fd = ws_sys_open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
         if (sp->lock_fd < 0)
             return -wserr_errno(err, wserr_from_errno(errno), errno, "open %s", path);
     }

@@ -832,6 +832,12 @@ int s3_http_perform(const s3_conf *c, const s3_req *q, s3_resp *resp, wserr *err
                 "op=\"%s\" key=\"%.200s\" store=%s attempt=%d max=%d wait_ms=%lld reason=\"%s\"",
                 q->op, q->key ? q->key : "", c->display, attempt, c->attempts, (long long)wait,
                 reason);
+        if (c->on_retry) {
+            char msg[512];
+            snprintf(msg, sizeof msg, "S3 %s of \"%.150s\" in %s failed (%s); retrying (attempt %d of %d)",
+                     q->op, q->key ? q->key : "", c->display, reason, attempt + 1, c->attempts);
+            c->on_retry(c->retry_ctx, msg);
+        }
         ws_sleep_ms(wait);
     }
 out:

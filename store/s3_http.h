@@ -35,6 +35,9 @@ typedef struct s3_conf {
     long connect_timeout_ms;
     long stall_timeout_ms;
     int attempts; /* total tries per request, >= 1 */
+    /* Told before each retry (store_set_retry_hook); may be NULL. */
+    void (*on_retry)(void *ctx, const char *msg);
+    void *retry_ctx;
 } s3_conf;
 
 /* Where a successful (2xx) response body goes. Error bodies are always

@@ -30,6 +30,10 @@ void store_free(store *s) {
 
 const char *store_url(const store *s) { return s->url; }
 
+void store_set_retry_hook(store *s, store_retry_fn fn, void *ctx) {
+    if (s->ops->set_retry_hook) s->ops->set_retry_hook(s, fn, ctx);
+}
+
 /* Nonzero if s is well-formed UTF-8 (S3 keys must be). */
 static int utf8_valid(const unsigned char *s) {
     while (*s) {

@@ -128,6 +128,14 @@ int store_delete(store *s, const char *key, wserr *err);
 ** succeed. If some deletions fail, returns the first error. */
 int store_delete_many(store *s, const char *const *keys, size_t n, wserr *err);
 
+/* Called before every retry a backend makes inside one request (S3: a
+** network error, 5xx, 429 or 408), with a sentence saying what failed and
+** that it is being retried, so a caller can report an outage at once while
+** the request goes on retrying. Set it before the store is shared between
+** threads; it runs on the thread making the request. NULL removes it. */
+typedef void (*store_retry_fn)(void *ctx, const char *msg);
+void store_set_retry_hook(store *s, store_retry_fn fn, void *ctx);
+
 /* Nonzero if key is acceptable (see the rules at the top). */
 int store_key_valid(const char *key);
 

@@ -31,6 +31,8 @@ struct store_ops {
                 store_objlist *out, wserr *err);
     int (*del)(store *s, const char *key, wserr *err);
     int (*del_many)(store *s, const char *const *keys, size_t n, wserr *err);
+    /* Optional: backends that retry inside a request report each retry. */
+    void (*set_retry_hook)(store *s, store_retry_fn fn, void *ctx);
 };
 
 /* The common head of every backend's store struct. */

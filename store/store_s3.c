@@ -1390,6 +1390,12 @@ out:
     return first_rc;
 }
 
+static void s3_set_retry_hook(store *st, store_retry_fn fn, void *ctx) {
+    s3_store *s = (s3_store *)st;
+    s->conf.on_retry = fn;
+    s->conf.retry_ctx = ctx;
+}
+
 static const struct store_ops s3_ops = {
     .scheme = "s3",
     .free = s3_free,
@@ -1404,4 +1410,5 @@ static const struct store_ops s3_ops = {
     .list = s3_list,
     .del = s3_del,
     .del_many = s3_del_many,
+    .set_retry_hook = s3_set_retry_hook,
 };
