@@ -427,6 +427,25 @@ static int copy_some(snapjob *j, wserr *err) {
     return 0;
 }
 
+/* The file may have grown since its size was taken (at the job's start,
+** before consumption was placed): a checkpoint of a WAL that ended before
+** the job's WAL copied pages past the old end. No frame the overlay will see
+** writes them (or the overlay has them), so their value in the file is
+** final: copy them too, until the size stops growing. */
+static int grow_copy(snapjob *j, wserr *err) {
+    sqlite3_int64 fsize = 0;
+    if (j->dbf->pMethods->xFileSize(j->dbf, &fsize) != SQLITE_OK)
+        return wserr_set(err, WALSHIP_ERR_IO, "size of the database file for snapshot");
+    uint64_t pages = (uint64_t)fsize / j->pgsz;
+    if (pages <= j->file_pages) return 0;
+    if (pages > 0x7fffffffu) return wserr_set(err, WALSHIP_ERR_CORRUPT, "database file too large");
+    uint64_t *h = realloc(j->base_hash, (size_t)pages * sizeof *h);
+    if (h == NULL) return wserr_set(err, WALSHIP_ERR_NOMEM, "out of memory");
+    j->base_hash = h;
+    j->file_pages = (uint32_t)pages;
+    return 0;
+}
+
 static int cmp_u32(const void *a, const void *b) {
     uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
     return x < y ? -1 : x > y;
@@ -545,6 +564,7 @@ int snapjob_step(shipper *sh, wserr *err) {
     if (j->phase == J_COPY) {
         rc = copy_some(j, err);
         if (rc) goto fail;
+        if (j->next_pgno > j->file_pages && (rc = grow_copy(j, err))) goto fail;
         if (j->next_pgno > j->file_pages) {
             j->phase = J_FINISH;
             j->finish_since = ws_mono_ms();

@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/mman.h>
+#include <sched.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -28,17 +29,18 @@
 
 /* The shared control block. Every field is an atomic so that concurrent
 ** access from threads of one process is well defined; across processes the
-** same lock-free atomics work on the shared mapping. Two seqlocks give
-** readers consistent multi-field snapshots: log_lock (written by appenders,
-** serialised by SQLite's WAL write lock) and ship_lock (written by the one
-** elected shipper). */
+** same lock-free atomics work on the shared mapping. The published end of
+** the log is one 64-bit word (file sequence and offset packed), so a
+** process killed while publishing leaves the old end or the new one, never
+** half of each. One seqlock, ship_lock, gives readers consistent snapshots
+** of the fields the one elected shipper writes; since that shipper can be
+** killed inside a write section, readers never wait on it for long and the
+** next writer repairs the counter (see the seqlock functions). */
 struct ctl_block {
     uint32_t magic;
     uint32_t version;
-    _Atomic uint32_t log_lock;
-    uint32_t pad0;
-    _Atomic uint64_t log_seq;
-    _Atomic uint64_t log_end;
+    _Atomic uint64_t log_pos; /* POS_PACK(seq, end) */
+    uint64_t pad0;
     _Atomic uint32_t cur_salt1, cur_salt2, cur_state, pad1;
     _Atomic uint32_t wm_salt1, wm_salt2, wm_mx, pad2;
     _Atomic uint32_t ship_lock;
@@ -77,14 +79,30 @@ struct spool {
 
 #define RLX memory_order_relaxed
 
+/* ---- the log position word ------------------------------------------------------ */
+#define POS_OFF_BITS 36 /* 64 GiB per log file; 2^28 log files */
+#define POS_SEQ_MAX (((uint64_t)1 << (64 - POS_OFF_BITS)) - 1)
+static uint64_t pos_pack(uint64_t seq, uint64_t off) { return seq << POS_OFF_BITS | off; }
+static uint64_t pos_seq(uint64_t w) { return w >> POS_OFF_BITS; }
+static uint64_t pos_off(uint64_t w) { return w & (((uint64_t)1 << POS_OFF_BITS) - 1); }
+
 /* ---- seqlocks -------------------------------------------------------------- */
 /* Single-writer seqlocks without fences (ThreadSanitizer does not model
 ** fences): the writer makes the counter odd, stores the fields with release
 ** semantics, then makes it even with release; the reader loads the counter
 ** and the fields with acquire, then the counter again. A reader that sees a
-** new field value therefore also sees the odd counter and retries. */
+** new field value therefore also sees the odd counter and retries.
+**
+** The writer is another process that can be SIGKILLed inside a section,
+** leaving the counter odd for good. So the next writer first makes an odd
+** counter even, and a reader waits for an even counter only so long (a few
+** thousand tries, yielding), then reads anyway: whatever it reads must be
+** checked (the shipped position carries a check value; a torn status is
+** only a torn status). */
+#define SEQ_READ_TRIES 4096
 static void seq_write_begin(_Atomic uint32_t *lk) {
     uint32_t s = atomic_load_explicit(lk, RLX);
+    if (s & 1) s++; /* a writer died in its section */
     atomic_store_explicit(lk, s + 1, RLX);
 }
 static void seq_write_end(_Atomic uint32_t *lk) {
@@ -93,8 +111,9 @@ static void seq_write_end(_Atomic uint32_t *lk) {
 }
 static uint32_t seq_read_begin(_Atomic uint32_t *lk) {
     uint32_t s;
-    while ((s = atomic_load_explicit(lk, memory_order_acquire)) & 1) {
-    }
+    for (int i = 0; ((s = atomic_load_explicit(lk, memory_order_acquire)) & 1) && i < SEQ_READ_TRIES;
+         i++)
+        if (i >= 64) sched_yield();
     return s;
 }
 static int seq_read_retry(_Atomic uint32_t *lk, uint32_t s) {
@@ -318,14 +337,13 @@ static int rebuild_ctl(spool *sp, wserr *err) {
         last_end = SPOOL_FILE_HDR_SIZE;
     }
     c->version = CTL_VERSION;
-    atomic_store(&c->log_seq, last_seq);
-    atomic_store(&c->log_end, last_end);
+    atomic_store(&c->log_pos, pos_pack(last_seq, last_end));
     spool_walinfo_set(sp, &wi);
     atomic_store(&c->shipped_salt1, s1);
     atomic_store(&c->shipped_salt2, s2);
     atomic_store(&c->shipped_frame, sf);
     atomic_store(&c->shipped_check, shipped_check(s1, s2, sf));
-    atomic_store(&c->log_lock, 0); /* a full barrier before the magic */
+    atomic_store(&c->ship_lock, 0); /* a full barrier before the magic */
     c->magic = CTL_MAGIC;
 out:
     wsbuf_free(&buf);
@@ -414,10 +432,7 @@ const char *spool_path(const spool *sp) { return sp->dir; }
 
 /* ---- producer -------------------------------------------------------------- */
 static void publish_end(spool *sp, uint64_t seq, uint64_t end) {
-    seq_write_begin(&sp->ctl->log_lock);
-    atomic_store_explicit(&sp->ctl->log_seq, seq, SEQ_ST);
-    atomic_store_explicit(&sp->ctl->log_end, end, SEQ_ST);
-    seq_write_end(&sp->ctl->log_lock);
+    atomic_store_explicit(&sp->ctl->log_pos, pos_pack(seq, end), memory_order_release);
 }
 
 static int writer_fd(spool *sp, uint64_t seq, wserr *err) {
@@ -431,6 +446,11 @@ static int writer_fd(spool *sp, uint64_t seq, wserr *err) {
 }
 
 static int rotate_locked(spool *sp, uint64_t seq, uint64_t end, wserr *err) {
+    if (seq + 1 > POS_SEQ_MAX)
+        return wserr_set(err, WALSHIP_ERR_STATE,
+                         "spool %s has used every log file number; drain it (walship ship DB "
+                         "--drain), then remove it",
+                         sp->dir);
     int rc = writer_fd(sp, seq, err);
     if (rc) return rc;
     if (ws_sys_ftruncate(sp->wr_fd, (off_t)end) != 0)
@@ -445,15 +465,15 @@ static int rotate_locked(spool *sp, uint64_t seq, uint64_t end, wserr *err) {
 }
 
 int spool_rotate(spool *sp, wserr *err) {
-    uint64_t seq = atomic_load_explicit(&sp->ctl->log_seq, RLX);
-    uint64_t end = atomic_load_explicit(&sp->ctl->log_end, RLX);
+    uint64_t w = atomic_load_explicit(&sp->ctl->log_pos, RLX);
+    uint64_t seq = pos_seq(w), end = pos_off(w);
     if (end <= SPOOL_FILE_HDR_SIZE) return 0;
     return rotate_locked(sp, seq, end, err);
 }
 
 int spool_append(spool *sp, const uint8_t *rec, size_t n, int sync, wserr *err) {
-    uint64_t seq = atomic_load_explicit(&sp->ctl->log_seq, RLX);
-    uint64_t end = atomic_load_explicit(&sp->ctl->log_end, RLX);
+    uint64_t w = atomic_load_explicit(&sp->ctl->log_pos, RLX);
+    uint64_t seq = pos_seq(w), end = pos_off(w);
     int rc;
     if (end >= ROTATE_BYTES) {
         rc = rotate_locked(sp, seq, end, err);
@@ -505,23 +525,24 @@ void spool_walinfo_set(spool *sp, const spool_walinfo *i) {
 void spool_shipped_get(spool *sp, uint32_t *s1, uint32_t *s2, uint32_t *frame) {
     struct ctl_block *c = sp->ctl;
     uint32_t s;
+    uint64_t chk;
     do {
         s = seq_read_begin(&c->ship_lock);
         *s1 = atomic_load_explicit(&c->shipped_salt1, SEQ_LD);
         *s2 = atomic_load_explicit(&c->shipped_salt2, SEQ_LD);
         *frame = atomic_load_explicit(&c->shipped_frame, SEQ_LD);
+        chk = atomic_load_explicit(&c->shipped_check, SEQ_LD);
     } while (seq_read_retry(&c->ship_lock, s));
+    /* Torn by a shipper killed mid-write: unknown, so nothing counts as
+    ** shipped (a copy before a WAL restart then takes every frame). */
+    if (chk != shipped_check(*s1, *s2, *frame)) *s1 = *s2 = *frame = 0;
 }
 
 /* ---- consumer ---------------------------------------------------------------- */
 void spool_end(spool *sp, spool_pos *out) {
-    struct ctl_block *c = sp->ctl;
-    uint32_t s;
-    do {
-        s = seq_read_begin(&c->log_lock);
-        out->seq = atomic_load_explicit(&c->log_seq, SEQ_LD);
-        out->off = atomic_load_explicit(&c->log_end, SEQ_LD);
-    } while (seq_read_retry(&c->log_lock, s));
+    uint64_t w = atomic_load_explicit(&sp->ctl->log_pos, memory_order_acquire);
+    out->seq = pos_seq(w);
+    out->off = pos_off(w);
 }
 
 int spool_begin(spool *sp, spool_pos *out, wserr *err) {
