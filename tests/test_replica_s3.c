@@ -22,7 +22,7 @@ static char url[2048], rurl[2048], pdb[600], rdb[600], done[600], logp[700];
 /* Replaces the endpoint of an s3:// URL with the proxy's. */
 static void proxy_url(const char *in, int port, char *out, size_t n, char *host, int *hport) {
     const char *e = strstr(in, "endpoint=");
-    if (e == NULL) ws_test_skip("WALSHIP_TEST_S3_URL has no endpoint= (needed to put a proxy in front)");
+    if (e == NULL) ws_test_skip_s3("WALSHIP_TEST_S3_URL has no endpoint= (needed to put a proxy in front)");
     const char *v = e + 9, *end = v + strcspn(v, "&");
     char ep[512];
     snprintf(ep, sizeof ep, "%.*s", (int)(end - v), v);
@@ -30,7 +30,7 @@ static void proxy_url(const char *in, int port, char *out, size_t n, char *host,
     const char *h = strstr(ep, "://");
     h = h ? h + 3 : ep;
     const char *colon = strrchr(h, ':');
-    if (colon == NULL) ws_test_skip("S3 endpoint without a port");
+    if (colon == NULL) ws_test_skip_s3("the S3 endpoint has no port");
     snprintf(host, 256, "%.*s", (int)(colon - h), h);
     *hport = atoi(colon + 1);
     snprintf(out, n, "%.*shttp://127.0.0.1:%d%s", (int)(v - in), in, port, end);
