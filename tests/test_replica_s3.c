@@ -74,8 +74,13 @@ int main(int argc, char **argv) {
         snprintf(res[i], sizeof res[i], "%s/reader-%d.txt", dir, i);
         rd[i] = rt_spawn_self(NULL, "reader", rdb, stop, res[i], total, "tight", (const char *)NULL);
     }
+    uint64_t txid0 = txid;
     rt_run_primary(pdb, url, 150, done, 0, &gen, &txid);
     rt_wait_replica(rdb, gen, txid, 60000);
+    rt_done d;
+    rt_read_done_full(done, &d);
+    CHECK_EQ(txid - txid0, 150); /* one TXID per commit */
+    rt_check_replica_content(rdb, d.hash);
 
     fprintf(stderr, "-- requests of an idle replica\n");
     kill(rep, SIGTERM);
@@ -112,6 +117,9 @@ int main(int argc, char **argv) {
     rt_read_done(done, &gen, &txid);
     CHECK_EQ(fp_set_mode(fp, FP_PASS), 0);
     rt_wait_replica(rdb, gen, txid, 60000);
+    rt_read_done_full(done, &d);
+    CHECK_EQ(txid - applied, 100);
+    rt_check_replica_content(rdb, d.hash);
 
     rt_touch(stop);
     for (int i = 0; i < 2; i++) rt_reader_finish(i, rd[i], res[i], 1, 0);
