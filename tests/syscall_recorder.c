@@ -135,6 +135,16 @@ static void rec_path(const char *op, int dirfd, const char *p, int dirfd2, const
 
 #define EXPORT __attribute__((visibility("default")))
 
+/* Records a write(v) of r bytes that ended at the descriptor's offset now
+** (O_APPEND included); nothing if it failed. */
+static void rec_written_before_cursor(int fd, ssize_t r) {
+    if (r <= 0) return;
+    int saved = errno;
+    off_t end = lseek(fd, 0, SEEK_CUR);
+    errno = saved;
+    rec_fd("write", fd, end >= 0 ? (long long)end - r : -1, r);
+}
+
 /* Declares real_<name>, the next definition of name (libc's), found once. */
 #define REAL(name)                                                                      \
     static __typeof__(name) *real_##name;                                               \
@@ -143,12 +153,7 @@ static void rec_path(const char *op, int dirfd, const char *p, int dirfd2, const
 EXPORT ssize_t write(int fd, const void *buf, size_t n) {
     REAL(write);
     ssize_t r = real_write(fd, buf, n);
-    if (r > 0) {
-        int saved = errno;
-        off_t end = lseek(fd, 0, SEEK_CUR);
-        errno = saved;
-        rec_fd("write", fd, end >= 0 ? (long long)end - r : -1, r);
-    }
+    rec_written_before_cursor(fd, r);
     return r;
 }
 
@@ -169,12 +174,7 @@ EXPORT ssize_t pwrite64(int fd, const void *buf, size_t n, off64_t off) {
 EXPORT ssize_t writev(int fd, const struct iovec *iov, int cnt) {
     REAL(writev);
     ssize_t r = real_writev(fd, iov, cnt);
-    if (r > 0) {
-        int saved = errno;
-        off_t end = lseek(fd, 0, SEEK_CUR);
-        errno = saved;
-        rec_fd("write", fd, end >= 0 ? (long long)end - r : -1, r);
-    }
+    rec_written_before_cursor(fd, r);
     return r;
 }
 

@@ -29,20 +29,11 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "commitlog.h"
 #include "common/util.h"
 #include "dbutil.h"
 #include "harness.h"
 #include "walship.h"
-
-/* One commit of the primary, as the test saw it: the state it left (meta.seq
-** and the content hash) and the wall-clock interval around the COMMIT call
-** (a commit's time in the store is taken inside that call). Entry 0 is the
-** state the generation's first snapshot holds. */
-typedef struct commit_rec {
-    int64_t seq;
-    uint64_t hash;
-    int64_t t_before, t_after;
-} commit_rec;
 
 static void random_txn(sqlite3 *db, uint32_t pgsz, int i) {
     char sql[512];
@@ -97,33 +88,6 @@ static void random_txn(sqlite3 *db, uint32_t pgsz, int i) {
     db_exec(db, "COMMIT");
 }
 
-/* Returns once the wall clock (ms) has passed t: the next commit then begins
-** in a later millisecond than the last one ended, so every commit has a
-** moment after it that belongs to it alone (at most 1 ms per commit). */
-static void after_ms(int64_t t) {
-    while (ws_now_ms() <= t) ws_sleep_ms(1);
-}
-
-/* Restores url at TXID txid (kind 1) or time t (kind 2) into out and checks
-** that it is exactly commit c of the primary. */
-static void check_restore(const char *url, const char *out, int kind, uint64_t txid, int64_t t,
-                          const commit_rec *commits, int c) {
-    char msg[512];
-    int rc = db_restore(url, out, kind, txid, t, msg, sizeof msg);
-    if (rc != 0)
-        ws_test_fail(__FILE__, __LINE__, "restore %s %" PRId64 " (commit %d expected): %s",
-                     kind == 1 ? "--txid" : "--time", kind == 1 ? (int64_t)txid : t, c, msg);
-    sqlite3 *r = db_open_plain(out, 1);
-    int64_t seq = db_int(r, "SELECT seq FROM meta");
-    uint64_t h = db_content_hash(r);
-    sqlite3_close(r);
-    if (seq != commits[c].seq || h != commits[c].hash)
-        ws_test_fail(__FILE__, __LINE__,
-                     "restore %s %" PRId64 " shows seq %" PRId64 "%s; commit %d left seq %" PRId64,
-                     kind == 1 ? "--txid" : "--time", kind == 1 ? (int64_t)txid : t, seq,
-                     seq == commits[c].seq ? " with other content" : "", c, commits[c].seq);
-}
-
 static void run(const char *name, uint32_t pgsz, int ntx, const char *url_base) {
     char dir[4096], path[4200], url[4200], out[4200];
     snprintf(dir, sizeof dir, "%s/%s", ws_test_tmpdir(), name);
@@ -164,13 +128,13 @@ static void run(const char *name, uint32_t pgsz, int ntx, const char *url_base) 
     int nc = 0; /* the last commit */
     commits[0].hash = db_content_hash(db);
     commits[0].t_before = commits[0].t_after = ws_now_ms();
-    after_ms(commits[0].t_after);
+    cl_after_ms(commits[0].t_after);
     for (int i = 1; i <= ntx; i++) {
         commit_rec *c = &commits[++nc];
         c->t_before = ws_now_ms();
         random_txn(db, pgsz, i);
         c->t_after = ws_now_ms();
-        after_ms(c->t_after);
+        cl_after_ms(c->t_after);
         c->seq = db_int(db, "SELECT seq FROM meta");
         CHECK_EQ(c->seq, i);
         c->hash = db_content_hash(db);
@@ -186,7 +150,7 @@ static void run(const char *name, uint32_t pgsz, int ntx, const char *url_base) 
             v->t_before = ws_now_ms();
             db_exec(db, "VACUUM");
             v->t_after = ws_now_ms();
-            after_ms(v->t_after);
+            cl_after_ms(v->t_after);
             v->seq = i;
             v->hash = db_content_hash(db);
             CHECK_U64_EQ(v->hash, c->hash);
@@ -217,7 +181,7 @@ static void run(const char *name, uint32_t pgsz, int ntx, const char *url_base) 
     CHECK_EQ(last - first, (uint64_t)nc);
     for (int k = 0; k < 24; k++) {
         int c = k == 0 ? 0 : k == 1 ? nc : (int)ws_test_rand_below((uint64_t)nc + 1);
-        check_restore(url, out, 1, first + (uint64_t)c, 0, commits, c);
+        cl_expect_commit(url, out, 1, first + (uint64_t)c, 0, commits, c);
     }
 
     /* Times: a moment T between the end of commit c and the start of the
@@ -226,8 +190,8 @@ static void run(const char *name, uint32_t pgsz, int ntx, const char *url_base) 
     for (int k = 0; k < 24; k++) {
         int c = k == 0 ? 0 : k == 1 ? nc : (int)ws_test_rand_below((uint64_t)nc + 1);
         int64_t t = commits[c].t_after;
-        CHECK(t < (c < nc ? commits[c + 1].t_before : t_end + 1)); /* after_ms() */
-        check_restore(url, out, 2, 0, t, commits, c);
+        CHECK(t < (c < nc ? commits[c + 1].t_before : t_end + 1)); /* cl_after_ms() */
+        cl_expect_commit(url, out, 2, 0, t, commits, c);
     }
     int rc = db_restore(url, out, 2, 0, t_unshipped, msg, sizeof msg);
     if (rc != WALSHIP_ERR_NOTFOUND)

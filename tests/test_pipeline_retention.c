@@ -35,6 +35,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "commitlog.h"
 #include "common/util.h"
 #include "dbutil.h"
 #include "harness.h"
@@ -44,12 +45,6 @@
 #define MAXTX 40000
 #define WINDOW_MS 4000
 #define MAXSNAPS 256
-
-/* One commit as the test saw it (entry 0: the state of the first snapshot). */
-typedef struct commit_rec {
-    uint64_t hash;
-    int64_t t_before, t_after;
-} commit_rec;
 
 static commit_rec commits[MAXTX];
 
@@ -87,29 +82,11 @@ static void load_view(const char *url, store_view *v) {
     store_free(st);
 }
 
-/* Returns once the wall clock (ms) has passed t. */
-static void after_ms(int64_t t) {
-    while (ws_now_ms() <= t) ws_sleep_ms(1);
-}
-
 static char path[4200], url[4200], out[4200];
 
-/* Restores at TXID txid (kind 1) or time t (kind 2) and checks it is
-** exactly commit c. */
+/* Restores at TXID txid (kind 1) or time t (kind 2): exactly commit c. */
 static void expect_commit(int kind, uint64_t txid, int64_t t, int c) {
-    char msg[512];
-    int rc = db_restore(url, out, kind, txid, t, msg, sizeof msg);
-    if (rc != 0)
-        ws_test_fail(__FILE__, __LINE__, "restore %s %" PRId64 " (commit %d expected): %s",
-                     kind == 1 ? "--txid" : "--time", kind == 1 ? (int64_t)txid : t, c, msg);
-    sqlite3 *r = db_open_plain(out, 1);
-    int64_t seq = db_int(r, "SELECT seq FROM meta");
-    uint64_t h = db_content_hash(r);
-    sqlite3_close(r);
-    if (seq != c || h != commits[c].hash)
-        ws_test_fail(__FILE__, __LINE__, "restore %s %" PRId64 " shows seq %" PRId64
-                                         ", expected commit %d",
-                     kind == 1 ? "--txid" : "--time", kind == 1 ? (int64_t)txid : t, seq, c);
+    cl_expect_commit(url, out, kind, txid, t, commits, c);
 }
 
 /* Restores at TXID txid (kind 1) or time t (kind 2) and checks that the
@@ -149,9 +126,10 @@ int main(void) {
     store_view v;
     load_view(url, &v);
     const uint64_t t0 = v.snap_txid[0]; /* commit 0: nothing was committed before it */
+    commits[0].seq = 0;
     commits[0].hash = db_content_hash(db);
     commits[0].t_before = commits[0].t_after = ws_now_ms();
-    after_ms(commits[0].t_after);
+    cl_after_ms(commits[0].t_after);
 
     /* Write; list the store now and then; stop once a listing after 6 s
     ** shows a deletion. */
@@ -167,7 +145,8 @@ int main(void) {
         db_exec(db, "BEGIN; INSERT INTO t VALUES (randomblob(500)); UPDATE meta SET seq = seq + 1;"
                     "COMMIT");
         c->t_after = ws_now_ms();
-        after_ms(c->t_after);
+        cl_after_ms(c->t_after);
+        c->seq = nc;
         c->hash = db_content_hash(db);
         if (ws_mono_ms() - listed_at >= 100) {
             int64_t list_wall = ws_now_ms();

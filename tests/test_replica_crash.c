@@ -94,7 +94,16 @@ int main(int argc, char **argv) {
             st = rt_wait(rep, 60000); /* dies at the injected point */
             CHECK_EQ(st, 128 + SIGKILL);
         } else {
-            ws_sleep_ms(200 + (int64_t)ws_test_rand_below(800));
+            /* a random moment once it has resumed (and is applying) */
+            int64_t deadline = ws_mono_ms() + 30000;
+            char js[16384] = "";
+            while (rt_replica_status(rdb, js, sizeof js) != 0 ||
+                   strstr(js, "\"state\":\"following\"") == NULL) {
+                if (ws_mono_ms() > deadline)
+                    ws_test_fail(__FILE__, __LINE__, "the replica did not resume: %s", js);
+                ws_sleep_ms(5); /* polling its status, with a deadline */
+            }
+            ws_sleep_ms((int64_t)ws_test_rand_below(800));
             kill(rep, SIGKILL);
             CHECK_EQ(rt_wait(rep, 30000), 128 + SIGKILL);
         }
