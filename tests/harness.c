@@ -12,6 +12,7 @@ static char tmpdir[4096];
 static int failed;
 static pid_t owner_pid;
 static uint64_t rng_state;
+static uint64_t rng_seed; /* what WALSHIP_TEST_SEED must be to replay this run */
 static int rng_seeded;
 
 static void cleanup(void) {
@@ -33,7 +34,7 @@ void ws_test_fail(const char *file, int line, const char *fmt, ...) {
     vfprintf(stderr, fmt, ap);
     va_end(ap);
     fprintf(stderr, "\n");
-    if (rng_seeded) fprintf(stderr, "(replay with WALSHIP_TEST_SEED=%" PRIu64 ")\n", rng_state);
+    if (rng_seeded) fprintf(stderr, "(replay with WALSHIP_TEST_SEED=%" PRIu64 ")\n", rng_seed);
     exit(1);
 }
 
@@ -56,16 +57,32 @@ const char *ws_test_tmpdir(void) {
     return tmpdir;
 }
 
+int ws_test_s3_required(void) {
+    const char *req = getenv("WALSHIP_TEST_REQUIRE_S3");
+    return req != NULL && strcmp(req, "1") == 0;
+}
+
+void ws_test_skip_s3(const char *why) {
+    if (ws_test_s3_required())
+        ws_test_fail(__FILE__, __LINE__, "%s, but WALSHIP_TEST_REQUIRE_S3=1 (the S3 part must run)",
+                     why);
+    ws_test_skip(why);
+}
+
+int ws_test_s3_configured(void) {
+    const char *base = getenv("WALSHIP_TEST_S3_URL");
+    if (base != NULL && *base != '\0') return 1;
+    if (ws_test_s3_required())
+        ws_test_fail(__FILE__, __LINE__,
+                     "WALSHIP_TEST_S3_URL is not set but WALSHIP_TEST_REQUIRE_S3=1");
+    return 0;
+}
+
 const char *ws_test_s3_url(const char *name) {
     static char url[2048];
-    const char *base = getenv("WALSHIP_TEST_S3_URL");
-    if (base == NULL || *base == '\0') {
-        const char *req = getenv("WALSHIP_TEST_REQUIRE_S3");
-        if (req && strcmp(req, "1") == 0)
-            ws_test_fail(__FILE__, __LINE__,
-                         "WALSHIP_TEST_S3_URL is not set but WALSHIP_TEST_REQUIRE_S3=1");
+    if (!ws_test_s3_configured())
         ws_test_skip("WALSHIP_TEST_S3_URL not set (scripts/test sets it)");
-    }
+    const char *base = getenv("WALSHIP_TEST_S3_URL");
     /* Insert "/<name>-<pid>-<time>" before any "?query". */
     const char *q = strchr(base, '?');
     size_t blen = q ? (size_t)(q - base) : strlen(base);
@@ -79,7 +96,8 @@ void ws_test_seed(uint64_t dflt) {
     const char *s = getenv("WALSHIP_TEST_SEED");
     rng_state = s ? strtoull(s, NULL, 10) : dflt;
     if (rng_state == 0) rng_state = 0x9e3779b97f4a7c15ull;
-    fprintf(stderr, "seed %" PRIu64 "\n", rng_state);
+    rng_seed = rng_state;
+    fprintf(stderr, "seed %" PRIu64 "\n", rng_seed);
     rng_seeded = 1;
 }
 

@@ -11,7 +11,8 @@
 ** S3: tests that need a server call ws_test_s3_url(), which builds a unique
 ** prefix under WALSHIP_TEST_S3_URL (set by scripts/test). Without that
 ** variable the test is skipped, unless WALSHIP_TEST_REQUIRE_S3=1, which
-** makes it fail instead.
+** makes it fail instead; every other reason an S3 part cannot run goes
+** through ws_test_skip_s3(), which fails the same way.
 */
 #ifndef WS_TEST_HARNESS_H
 #define WS_TEST_HARNESS_H
@@ -100,9 +101,19 @@ const char *ws_test_tmpdir(void);
 
 /* A unique "s3://bucket/prefix?..." URL for this test run (see above). */
 const char *ws_test_s3_url(const char *name);
+/* 1 if WALSHIP_TEST_REQUIRE_S3=1. */
+int ws_test_s3_required(void);
+/* 1 if WALSHIP_TEST_S3_URL is set; 0 if not (then the S3 part of a test may
+** be left out), and a failed test if it is not set but required. */
+int ws_test_s3_configured(void);
+/* Skips because the S3 part cannot run (why); fails instead when
+** WALSHIP_TEST_REQUIRE_S3=1: a required server that is unusable is an
+** error, never a skip. */
+void ws_test_skip_s3(const char *why) __attribute__((noreturn));
 
 /* Deterministic pseudo-random numbers (xorshift64*); seed from
-** WALSHIP_TEST_SEED or the given default, printed once so failures replay. */
+** WALSHIP_TEST_SEED or the given default, printed once and again by a
+** failing check (the seed, never the current state), so failures replay. */
 void ws_test_seed(uint64_t dflt);
 uint64_t ws_test_rand(void);
 /* Uniform in [0, n). */

@@ -432,10 +432,13 @@ static __attribute__((unused)) int rt_json_u64(const char *json, const char *key
 
 /* argv: primary DB URL NTX DONEFILE [DELAY_US]
 ** Opens DB through the walship VFS (ship as soon as possible), creates and
-** seeds the bank if needed, runs NTX transfers (each one transaction; now
-** and then an account opened or closed with balance 0, or its padding
-** resized, so pages split and merge), waits until everything is in the
-** store and writes "<generation hex> <txid>" to DONEFILE. */
+** seeds the bank if needed (two commits), runs NTX transfers (each one
+** transaction; now and then an account opened or closed with balance 0, or
+** its padding resized, so pages split and merge), waits until everything is
+** in the store and writes "<generation hex> <txid> <accounts hash hex>
+** <commits>" to DONEFILE: the generation and TXID from PRAGMA
+** walship_status, what the test itself can check them against -- the
+** content (rt_table_hash of accounts) and how many commits this run made. */
 static __attribute__((unused)) int rt_primary_main(int argc, char **argv) {
     if (argc < 6) return 2;
     const char *dbp = argv[2], *url = argv[3], *done = argv[5];
@@ -452,9 +455,14 @@ static __attribute__((unused)) int rt_primary_main(int argc, char **argv) {
         return 3;
     }
     sqlite3_busy_timeout(db, 10000);
-    rt_exec(db, "CREATE TABLE IF NOT EXISTS accounts(id INTEGER PRIMARY KEY, balance INTEGER "
-                "NOT NULL, pad BLOB)");
+    long commits = ntx;
+    if (rt_int(db, "SELECT count(*) FROM sqlite_schema WHERE name = 'accounts'") == 0) {
+        rt_exec(db, "CREATE TABLE accounts(id INTEGER PRIMARY KEY, balance INTEGER NOT NULL, "
+                    "pad BLOB)");
+        commits++;
+    }
     if (rt_int(db, "SELECT count(*) FROM accounts") == 0) {
+        commits++;
         rt_exec(db, "BEGIN");
         char sql[200];
         for (int i = 1; i <= RT_NACCOUNTS; i++) {
@@ -467,8 +475,12 @@ static __attribute__((unused)) int rt_primary_main(int argc, char **argv) {
     uint64_t seed = (uint64_t)ws_now_us() ^ (uint64_t)getpid();
     for (long i = 0; i < ntx; i++) {
         seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+        /* Every transfer changes two balances: a transaction that changes
+        ** nothing writes no WAL commit (SQLite skips identical rows), and
+        ** each one here must be one commit, one TXID. */
         int a = 1 + (int)((seed >> 33) % RT_NACCOUNTS), b = 1 + (int)((seed >> 17) % RT_NACCOUNTS);
-        int amt = (int)((seed >> 45) % 100), kind = (int)((seed >> 7) % 20);
+        if (b == a) b = a % RT_NACCOUNTS + 1;
+        int amt = 1 + (int)((seed >> 45) % 99), kind = (int)((seed >> 7) % 20);
         char sql[300];
         rt_exec(db, "BEGIN IMMEDIATE");
         snprintf(sql, sizeof sql,
@@ -497,14 +509,16 @@ static __attribute__((unused)) int rt_primary_main(int argc, char **argv) {
         return 4;
     }
     sqlite3_stmt *st = NULL;
-    char line[128] = "";
+    char line[160] = "";
+    uint64_t hash = 0;
+    if (rt_table_hash(db, "accounts", &hash) != 0) return 8;
     if (sqlite3_prepare_v2(db, "PRAGMA walship_status", -1, &st, NULL) == SQLITE_OK &&
         sqlite3_step(st) == SQLITE_ROW) {
         const char *j = (const char *)sqlite3_column_text(st, 0);
         uint64_t gen = 0, txid = 0;
         if (j && rt_json_u64(j, "generation", &gen) == 0 && rt_json_u64(j, "shipped_txid", &txid) == 0)
-            snprintf(line, sizeof line, "%016llx %llu\n", (unsigned long long)gen,
-                     (unsigned long long)txid);
+            snprintf(line, sizeof line, "%016llx %llu %016llx %ld\n", (unsigned long long)gen,
+                     (unsigned long long)txid, (unsigned long long)hash, commits);
     }
     sqlite3_finalize(st);
     if (rt_int(db, "SELECT sum(balance) FROM accounts") != RT_TOTAL) return 5;
@@ -517,15 +531,52 @@ static __attribute__((unused)) int rt_primary_main(int argc, char **argv) {
     return 0;
 }
 
-/* Reads a primary's DONEFILE. */
-static __attribute__((unused)) void rt_read_done(const char *path, uint64_t *gen, uint64_t *txid) {
+/* What a primary run left in its DONEFILE. */
+typedef struct rt_done {
+    uint64_t gen, txid; /* from walship_status */
+    uint64_t hash;      /* rt_table_hash of its accounts at the end */
+    uint64_t commits;   /* transactions this run committed */
+} rt_done;
+
+static __attribute__((unused)) void rt_read_done_full(const char *path, rt_done *d) {
     FILE *f = fopen(path, "r");
-    unsigned long long g = 0, t = 0;
-    if (f == NULL || fscanf(f, "%llx %llu", &g, &t) != 2)
+    unsigned long long g = 0, t = 0, h = 0, c = 0;
+    if (f == NULL || fscanf(f, "%llx %llu %llx %llu", &g, &t, &h, &c) != 4)
         ws_test_fail(__FILE__, __LINE__, "no primary result in %s", path);
     fclose(f);
-    *gen = g;
-    *txid = t;
+    d->gen = g;
+    d->txid = t;
+    d->hash = h;
+    d->commits = c;
+}
+
+/* Reads a primary's DONEFILE: its generation and last TXID. */
+static __attribute__((unused)) void rt_read_done(const char *path, uint64_t *gen, uint64_t *txid) {
+    rt_done d;
+    rt_read_done_full(path, &d);
+    *gen = d.gen;
+    *txid = d.txid;
+}
+
+/* Checks that a reader opening the replica now sees exactly the accounts
+** the primary recorded (hash from its DONEFILE). */
+static __attribute__((unused)) void rt_check_replica_content(const char *replica, uint64_t hash) {
+    char uri[4200];
+    snprintf(uri, sizeof uri, "file:%s?mode=ro", replica);
+    sqlite3 *db = NULL;
+    if (sqlite3_open_v2(uri, &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_URI, "unix") != SQLITE_OK)
+        ws_test_fail(__FILE__, __LINE__, "open %s: %s", uri, db ? sqlite3_errmsg(db) : "?");
+    sqlite3_busy_timeout(db, 5000);
+    rt_exec(db, "BEGIN");
+    uint64_t h = 0;
+    int rc = rt_table_hash(db, "accounts", &h);
+    if (rc != 0) ws_test_fail(__FILE__, __LINE__, "read %s: %s", replica, sqlite3_errmsg(db));
+    rt_exec(db, "COMMIT");
+    sqlite3_close(db);
+    if (h != hash)
+        ws_test_fail(__FILE__, __LINE__,
+                     "readers of %s see accounts with hash %016llx; the primary left %016llx",
+                     replica, (unsigned long long)h, (unsigned long long)hash);
 }
 
 /* Runs a primary to completion. */

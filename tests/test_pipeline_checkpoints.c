@@ -20,7 +20,8 @@
 ** Then the lock is released and everything must drain. Every transaction
 ** bumps meta.seq and the test recorded a content hash for every seq:
 **   - latest restore equals the primary byte for byte (after TRUNCATE);
-**   - the TXIDs shipped for the paused phase are exactly one per commit;
+**   - one TXID per commit: the generation's first snapshot is stored before
+**     the first commit, so it is seq 0 and TXID first + s is seq s;
 **   - restores at random TXIDs, and at the TXIDs just before and after
 **     sampled WAL events, give exactly seq = txid - offset with that seq's
 **     recorded content.
@@ -134,9 +135,21 @@ int main(void) {
                    "CREATE TABLE t(k INTEGER PRIMARY KEY, v BLOB, w TEXT);");
     sqlite3_close(plain);
 
-    /* Phase 1: a generation shipped the normal way. */
+    /* Phase 1: a generation shipped the normal way. Its first snapshot is
+    ** in the store before the first commit, so it holds seq 0, and (one
+    ** TXID per commit) TXID = seq + that snapshot's TXID. */
     sqlite3 *db = open_app();
     note_state(db);
+    int64_t deadline = ws_mono_ms() + 60000;
+    while (db_generation_count(url) == 0) {
+        if (ws_mono_ms() > deadline)
+            ws_test_fail(__FILE__, __LINE__, "no snapshot reached the store in 60 s");
+        ws_sleep_ms(10); /* polling the store, with a deadline */
+    }
+    uint64_t first0, last0;
+    db_txid_range(url, &first0, &last0);
+    CHECK_U64_EQ(last0, first0);
+    const int64_t offset = (int64_t)first0; /* txid = seq + offset inside the generation */
     for (int i = 0; i < 20; i++) {
         random_txn(db);
         note_state(db);
@@ -150,8 +163,10 @@ int main(void) {
     if (lockfd < 0) ws_test_fail(__FILE__, __LINE__, "the shipper never released %s/lock", spooldir);
     uint64_t first1, last1;
     db_txid_range(url, &first1, &last1);
+    CHECK_U64_EQ(first1, first0);
+    CHECK_EQ((int64_t)last1, seq1 + offset);
+    restore_check(first1, 0);
     restore_check(last1, seq1);
-    const int64_t offset = (int64_t)last1 - seq1; /* txid = seq + offset inside the generation */
     fprintf(stderr, "phase 1: txids %" PRIu64 "..%" PRIu64 ", seq %" PRId64 "\n", first1, last1,
             seq1);
 

@@ -7,10 +7,14 @@
 ** seq+1, seq+2, ... in transactions of one to a few rows, telling the test
 ** on a pipe, after every COMMIT that returned SQLITE_OK, the last seq it
 ** committed, and before every COMMIT, the last seq it is about to commit
-** ("attempted"). Now and then it runs a RESTART or TRUNCATE checkpoint (with
-** wal_autocheckpoint small), a transaction big enough to spill the page
-** cache, a walship_flush, or it closes and reopens its connection (the last
-** close checkpoints and deletes the WAL). It is the only process using the
+** ("attempted"). Every transaction also bumps a commit counter (meta.n), and
+** every message carries it; a started writer first reports the counter and
+** the largest seq it found. So the test knows, for every commit n, the
+** largest seq it left. Now and then the writer runs a RESTART or TRUNCATE
+** checkpoint (with wal_autocheckpoint small), a transaction big enough to
+** spill the page cache, a walship_flush, a transaction that only frees
+** overflow pages, or it closes and reopens its connection (the last close
+** checkpoints and deletes the WAL). It is the only process using the
 ** database, so it is also the shipper: kills land in commits, checkpoints,
 ** WAL restarts, spool appends, segment uploads and start-up alike.
 **
@@ -27,9 +31,11 @@
 **     walship (which notices commits the spool never heard of), a TRUNCATE
 **     checkpoint and a flush, latest restore equals it byte for byte;
 **   - every generation in the store, at its first, last and sampled TXIDs,
-**     restores a prefix 1..k that passes integrity_check, k never going
-**     down (a history with a hole fails here even when every checksum in
-**     it is right);
+**     restores a prefix 1..k that passes integrity_check; its TXIDs are
+**     consecutive commits (TXID first + i shows counter n_first + i) and
+**     each shows exactly the largest seq its commit left (a history with a
+**     hole fails here even when every checksum in it is right, as does a
+**     restore that is not at the TXID asked for);
 **   - one generation: a SIGKILL breaks no continuity.
 **
 ** ctest-labels: pipeline
@@ -53,11 +59,13 @@
 
 #define MIN_KILLS 100
 
-/* Messages on the pipe: {kind, first seq, last seq} of one transaction. */
-enum { MSG_ATTEMPT = 1, MSG_ACK = 2 };
+/* Messages on the pipe: {kind, first seq, last seq, commit counter} of one
+** transaction (first = last + 1: it adds no row), or {MSG_START, largest
+** seq, 0, counter} of what a started writer found in the database. */
+enum { MSG_ATTEMPT = 1, MSG_ACK = 2, MSG_START = 3 };
 
-static void put_msg(int fd, uint64_t kind, uint64_t first, uint64_t last) {
-    uint64_t m[3] = {kind, first, last};
+static void put_msg(int fd, uint64_t kind, uint64_t first, uint64_t last, uint64_t n) {
+    uint64_t m[4] = {kind, first, last, n};
     if (ws_write_all(fd, m, sizeof m) != 0) _exit(3);
 }
 
@@ -89,6 +97,8 @@ static int writer_main(char **argv) {
     wr_state = strtoull(argv[5], NULL, 10) | 1;
     sqlite3 *db = writer_open(path, url);
     int64_t seq = db_int(db, "SELECT coalesce(max(seq), 0) FROM t");
+    int64_t n = db_int(db, "SELECT n FROM meta");
+    put_msg(fd, MSG_START, (uint64_t)seq, 0, (uint64_t)n);
     sqlite3_stmt *ins = NULL;
     for (;;) {
         if (ins == NULL &&
@@ -109,10 +119,12 @@ static int writer_main(char **argv) {
             sqlite3_reset(ins);
         }
         if (big) db_exec(db, "UPDATE t SET pad = randomblob(length(pad)) WHERE seq % 13 = 0");
-        put_msg(fd, MSG_ATTEMPT, (uint64_t)first, (uint64_t)seq);
+        db_exec(db, "UPDATE meta SET n = n + 1");
+        n++;
+        put_msg(fd, MSG_ATTEMPT, (uint64_t)first, (uint64_t)seq, (uint64_t)n);
         int rc = sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
         if (rc != SQLITE_OK) ws_test_fail(__FILE__, __LINE__, "COMMIT: %s", sqlite3_errmsg(db));
-        put_msg(fd, MSG_ACK, (uint64_t)first, (uint64_t)seq);
+        put_msg(fd, MSG_ACK, (uint64_t)first, (uint64_t)seq, (uint64_t)n);
         if (r >= 40 && r < 90) {
             int mode = r < 65 ? SQLITE_CHECKPOINT_RESTART : SQLITE_CHECKPOINT_TRUNCATE;
             sqlite3_wal_checkpoint_v2(db, "main", mode, NULL, NULL);
@@ -125,7 +137,13 @@ static int writer_main(char **argv) {
             walship_flush(path, 200);
         } else if (r >= 110 && r < 140) {
             /* frees overflow pages: the database has free pages to reuse */
-            db_exec(db, "UPDATE t SET pad = NULL WHERE seq % 17 = 5 AND length(pad) > 300");
+            db_exec(db, "BEGIN IMMEDIATE; UPDATE t SET pad = NULL WHERE seq % 17 = 5 AND "
+                        "length(pad) > 300; UPDATE meta SET n = n + 1");
+            n++;
+            put_msg(fd, MSG_ATTEMPT, (uint64_t)seq + 1, (uint64_t)seq, (uint64_t)n);
+            if (sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
+                ws_test_fail(__FILE__, __LINE__, "COMMIT: %s", sqlite3_errmsg(db));
+            put_msg(fd, MSG_ACK, (uint64_t)seq + 1, (uint64_t)seq, (uint64_t)n);
         }
     }
 }
@@ -148,19 +166,47 @@ static const char *integrity(sqlite3 *db) {
     return line;
 }
 
+#define MAXCOMMITS (1 << 18)
+#define SEQ_UNKNOWN UINT64_MAX
+
+/* The largest seq commit n left (SEQ_UNKNOWN until known): from its
+** acknowledgement, or from what the next writer found in the database. */
+static uint64_t seq_at[MAXCOMMITS];
+
 typedef struct tally {
-    uint64_t acked;         /* highest seq acknowledged */
+    uint64_t acked;         /* highest seq known committed (acknowledged, or found by the next writer) */
+    uint64_t acked_n;       /* the counter of that commit */
     uint64_t attempted;     /* last seq of the transaction in flight */
+    uint64_t attempted_n;   /* its counter (0: none in flight) */
     uint64_t max_attempted; /* highest seq any writer ever tried to commit */
-    int fresh;              /* no message yet from the current writer */
+    int fresh;              /* no attempt yet from the current writer */
 } tally;
+
+/* A started writer found counter n and largest seq `seq` in the database:
+** the last acknowledged commit, or the one in flight when its predecessor
+** was killed. */
+static void note_start(tally *t, uint64_t seq, uint64_t n) {
+    int acked_state = n == t->acked_n && seq == t->acked;
+    int inflight_state = t->attempted_n != 0 && n == t->attempted_n && seq == t->attempted;
+    if (!acked_state && !inflight_state)
+        ws_test_fail(__FILE__, __LINE__,
+                     "a started writer finds commit %" PRIu64 " with seq %" PRIu64
+                     " (acknowledged: commit %" PRIu64 " seq %" PRIu64 "; in flight: commit %" PRIu64
+                     " seq %" PRIu64 ")",
+                     n, seq, t->acked_n, t->acked, t->attempted_n, t->attempted);
+    CHECK(n < MAXCOMMITS);
+    seq_at[n] = seq;
+    t->acked = seq;
+    t->acked_n = n;
+    t->attempted_n = 0;
+}
 
 static void read_msgs(int fd, tally *t, int wait_ms) {
     struct pollfd p = {fd, POLLIN, 0};
     for (;;) {
         int n = poll(&p, 1, wait_ms);
         if (n <= 0) return;
-        uint64_t m[3];
+        uint64_t m[4];
         ssize_t got = read(fd, m, sizeof m);
         if (got == 0) return; /* EOF */
         if (got < 0) {
@@ -168,7 +214,9 @@ static void read_msgs(int fd, tally *t, int wait_ms) {
             ws_test_fail(__FILE__, __LINE__, "read: %s", strerror(errno));
         }
         CHECK_EQ(got, (ssize_t)sizeof m);
-        if (m[0] == MSG_ATTEMPT) {
+        if (m[0] == MSG_START) {
+            note_start(t, m[1], m[3]);
+        } else if (m[0] == MSG_ATTEMPT) {
             if (t->fresh) {
                 /* A restarted writer goes on from the largest seq in the
                 ** database: every acknowledged one survived the kill, and
@@ -182,13 +230,20 @@ static void read_msgs(int fd, tally *t, int wait_ms) {
             } else {
                 CHECK_U64_EQ(m[1], t->acked + 1);
             }
-            CHECK(m[2] >= m[1]);
+            CHECK(m[2] + 1 >= m[1]);
+            CHECK_U64_EQ(m[3], t->acked_n + 1);
             t->attempted = m[2];
+            t->attempted_n = m[3];
             if (m[2] > t->max_attempted) t->max_attempted = m[2];
         } else {
             CHECK_EQ(m[0], MSG_ACK);
             CHECK_U64_EQ(m[2], t->attempted);
+            CHECK_U64_EQ(m[3], t->attempted_n);
+            CHECK(m[3] < MAXCOMMITS);
+            seq_at[m[3]] = m[2];
             t->acked = m[2];
+            t->acked_n = m[3];
+            t->attempted_n = 0;
         }
         wait_ms = 0;
     }
@@ -203,10 +258,13 @@ int main(int argc, char **argv) {
     snprintf(out, sizeof out, "%s/restored.db", dir);
     sqlite3 *plain = db_open_plain(path, 0);
     db_exec(plain, "PRAGMA page_size=1024; PRAGMA journal_mode=WAL;"
-                   "CREATE TABLE t(seq INTEGER PRIMARY KEY, pad BLOB);");
+                   "CREATE TABLE t(seq INTEGER PRIMARY KEY, pad BLOB);"
+                   "CREATE TABLE meta(n INTEGER); INSERT INTO meta VALUES (0);");
     sqlite3_close(plain);
+    for (size_t i = 0; i < MAXCOMMITS; i++) seq_at[i] = SEQ_UNKNOWN;
+    seq_at[0] = 0;
 
-    tally t = {0, 0, 0, 1};
+    tally t = {0, 0, 0, 0, 0, 1};
     int kills = 0, starts = 0;
     while (kills < MIN_KILLS) {
         int p[2];
@@ -243,7 +301,7 @@ int main(int argc, char **argv) {
         close(p[0]);
         kills++;
     }
-    fprintf(stderr, "%d kills, %d starts, %" PRIu64 " rows acknowledged, %" PRIu64 " attempted\n",
+    fprintf(stderr, "%d kills, %d starts, %" PRIu64 " rows known committed, %" PRIu64 " attempted\n",
             kills, starts, t.acked, t.max_attempted);
     CHECK(t.acked >= 200);
 
@@ -258,6 +316,7 @@ int main(int argc, char **argv) {
         ws_test_fail(__FILE__, __LINE__, "restore latest after the drain: %s", msg);
     sqlite3 *r = db_open_plain(out, 1);
     int64_t m1 = db_int(r, "SELECT coalesce(max(seq), 0) FROM t");
+    int64_t n1 = db_int(r, "SELECT n FROM meta");
     CHECK_EQ(db_int(r, "SELECT count(*) FROM t"), m1);
     if (m1 < (int64_t)t.acked || m1 > (int64_t)t.max_attempted)
         ws_test_fail(__FILE__, __LINE__,
@@ -274,6 +333,10 @@ int main(int argc, char **argv) {
     int64_t max = db_int(db, "SELECT max(seq) FROM t");
     CHECK_EQ(db_int(db, "SELECT count(*) FROM t"), max);
     CHECK(max >= m1 && max <= (int64_t)t.max_attempted);
+    /* the last writer's commit in flight is decided now: in or not */
+    note_start(&t, (uint64_t)max, (uint64_t)db_int(db, "SELECT n FROM meta"));
+    CHECK(n1 >= 0 && n1 <= (int64_t)t.acked_n);
+    CHECK_U64_EQ(seq_at[n1], (uint64_t)m1);
     CHECK_STREQ(integrity(db), "ok");
     db_exec(db, "PRAGMA wal_checkpoint(TRUNCATE)");
     int fl = walship_flush(path, 60000);
@@ -291,8 +354,10 @@ int main(int argc, char **argv) {
     sqlite3_close(r);
 
     /* Every generation's history: restores at its first and last TXID and
-    ** at a few in between are prefixes 1..k that pass integrity_check, k
-    ** never going down. (A history with a hole in it fails here even when
+    ** at a few in between are prefixes 1..k that pass integrity_check. Its
+    ** TXIDs are consecutive commits: once its first TXID shows counter n0,
+    ** TXID first + i must show counter n0 + i, with exactly the largest seq
+    ** that commit left. (A history with a hole in it fails here even when
     ** every object's checksum is right.) */
     enum { MAXGEN = 512 };
     static uint64_t gid[MAXGEN], gfirst[MAXGEN], glast[MAXGEN];
@@ -314,7 +379,7 @@ int main(int argc, char **argv) {
                     samples[a] = samples[b];
                     samples[b] = x;
                 }
-        int64_t prev = 0;
+        int64_t n0 = -1;
         for (int k = 0; k < nsamples; k++) {
             if (db_restore_in(url, out, gid[g], 1, samples[k], msg, sizeof msg) != 0)
                 ws_test_fail(__FILE__, __LINE__, "restore generation %016" PRIx64 " --txid %" PRIu64 ": %s",
@@ -333,9 +398,20 @@ int main(int argc, char **argv) {
                              "generation %016" PRIx64 " at TXID %" PRIu64 ": %" PRId64 " rows but seq up to %" PRId64
                              " (transactions missing from the history)",
                              gid[g], samples[k], c, m);
-            CHECK(m >= prev && m <= max);
-            prev = m;
+            int64_t n = db_int(r, "SELECT n FROM meta");
             sqlite3_close(r);
+            if (k == 0) n0 = n;
+            if (n != n0 + (int64_t)(samples[k] - gfirst[g]))
+                ws_test_fail(__FILE__, __LINE__,
+                             "generation %016" PRIx64 " at TXID %" PRIu64 " shows commit %" PRId64
+                             "; its TXID %" PRIu64 " showed commit %" PRId64,
+                             gid[g], samples[k], n, gfirst[g], n0);
+            CHECK(n >= 0 && n <= (int64_t)t.acked_n);
+            if (seq_at[n] != (uint64_t)m)
+                ws_test_fail(__FILE__, __LINE__,
+                             "generation %016" PRIx64 " at TXID %" PRIu64 " (commit %" PRId64
+                             ") reaches seq %" PRId64 "; that commit left seq %" PRIu64,
+                             gid[g], samples[k], n, m, seq_at[n]);
         }
     }
     fprintf(stderr, "primary at seq %" PRId64 "; %zu generation(s), %d restores checked\n", max, ngen,

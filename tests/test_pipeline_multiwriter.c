@@ -17,8 +17,10 @@
 **   - latest restore equals the primary byte for byte (after TRUNCATE);
 **   - in every generation, at its first, last and sampled TXIDs, the gseq
 **     set is exactly 1..k (commit order, no holes), each writer's rows are
-**     1..c_w and in gseq order, and k never goes down; in the newest one
-**     also exactly one TXID per commit (rows = txid - offset);
+**     1..c_w and in gseq order, and k never goes down; in the first one --
+**     whose snapshot the test let reach the store before any writer began,
+**     so its TXID t0 holds no row -- exactly one TXID per commit (TXID
+**     t0 + k holds k rows, the last TXID t0 + every row committed);
 **   - one generation: killing the shipper breaks no continuity.
 **
 ** ctest-labels: pipeline
@@ -205,6 +207,19 @@ int main(int argc, char **argv) {
                    "CREATE TABLE t(gseq INTEGER UNIQUE, w INTEGER, n INTEGER, pad BLOB);"
                    "CREATE INDEX tw ON t(w, n);");
     sqlite3_close(plain);
+    /* The generation's first snapshot, of the empty table, is in the store
+    ** before any writer starts: its TXID is commit 0. */
+    sqlite3 *first_open = db_open_walship(path, url, "walship_ship_interval=0");
+    int64_t snap_deadline = ws_mono_ms() + 60000;
+    while (db_generation_count(url) == 0) {
+        if (ws_mono_ms() > snap_deadline)
+            ws_test_fail(__FILE__, __LINE__, "no snapshot reached the store in 60 s");
+        ws_sleep_ms(10); /* polling the store, with a deadline */
+    }
+    sqlite3_close(first_open);
+    uint64_t txid0, txid0_last;
+    db_txid_range(url, &txid0, &txid0_last);
+    CHECK_U64_EQ(txid0_last, txid0);
 
     int ack[2], hold[2];
     CHECK_EQ(pipe2(ack, O_CLOEXEC), 0);
@@ -312,9 +327,11 @@ int main(int argc, char **argv) {
     uint64_t gid[16], gfirst[16], glast[16];
     size_t ngen = db_generation_list(url, gid, gfirst, glast, 16);
     CHECK(ngen >= 1 && ngen <= 16);
-    int64_t offset = (int64_t)glast[ngen - 1] - total;
+    int64_t offset = (int64_t)txid0; /* TXID txid0 + k: the k-th commit (k rows) */
+    CHECK_U64_EQ(gfirst[0], txid0);
+    CHECK_EQ((int64_t)glast[ngen - 1], total + offset);
     for (size_t g = 0; g < ngen; g++) {
-        int exact = g == ngen - 1;
+        int exact = g == 0;
         uint64_t samples[16];
         samples[0] = gfirst[g];
         for (int k = 1; k < 15; k++) samples[k] = gfirst[g] + ws_test_rand_below(glast[g] - gfirst[g] + 1);

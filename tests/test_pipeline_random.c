@@ -5,12 +5,20 @@
 ** Each workload mixes inserts, updates, deletes, schema changes, large
 ** blobs (overflow chains), VACUUM (the database shrinks) and checkpoints of
 ** every mode, at page sizes 512, 4096 and 65536. Every transaction also bumps
-** meta.seq, so a restored database says which primary state it claims to be;
-** the test recorded a content hash for every state, and checks:
+** meta.seq, so a restored database says which primary state it claims to be.
+** The test waits for the generation's first snapshot before the first
+** commit, then records for every commit (VACUUM is one too) the state it
+** left -- seq and content hash -- and the wall-clock interval around it.
+** Nothing below is read back from the code under test as an expectation:
 **   - latest: byte-for-byte equal to the primary after a TRUNCATE checkpoint;
-**   - 20+ random TXIDs: the content equals the recorded state of its seq, and
-**     a higher TXID never shows an older seq;
-**   - 20+ random times: the seq is one that could have been committed by then.
+**   - TXIDs: the store holds one generation of exactly one TXID per commit
+**     (last - first = commits), and TXID first + c restores exactly commit
+**     c's state (first, last and 22 random ones);
+**   - times: a moment T between the end of commit c and the start of the
+**     next (the test keeps one free millisecond there) restores exactly
+**     commit c (the first, the last and 22 random ones);
+**     a moment before the database was first opened through walship is
+**     NOTFOUND.
 **
 ** ctest-labels: pipeline s3
 ** ctest-timeout: 600
@@ -21,15 +29,11 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "commitlog.h"
 #include "common/util.h"
 #include "dbutil.h"
 #include "harness.h"
 #include "walship.h"
-
-typedef struct state {
-    uint64_t hash;
-    int64_t t_before, t_after; /* wall clock around the commit */
-} state;
 
 static void random_txn(sqlite3 *db, uint32_t pgsz, int i) {
     char sql[512];
@@ -105,16 +109,35 @@ static void run(const char *name, uint32_t pgsz, int ntx, const char *url_base) 
                    "CREATE TABLE t(a INTEGER, b BLOB);");
     sqlite3_close(plain);
 
+    /* Nothing of this database can be restored as of a moment before it was
+    ** first opened through walship. */
+    int64_t t_unshipped = ws_now_ms() - 1;
     sqlite3 *db = db_open_walship(path, url, "walship_ship_interval=50ms");
     CHECK_EQ(db_int(db, "PRAGMA page_size"), pgsz);
-    state *states = calloc((size_t)ntx + 1, sizeof *states);
-    states[0].hash = db_content_hash(db);
+    /* The generation's first snapshot is stored before the first commit, so
+    ** it holds state 0, and the generation's first TXID is commit 0. */
+    int64_t deadline = ws_mono_ms() + 60000;
+    while (db_generation_count(url) == 0) {
+        if (ws_mono_ms() > deadline)
+            ws_test_fail(__FILE__, __LINE__, "no snapshot of %s reached the store in 60 s", path);
+        ws_sleep_ms(10); /* polling the store, with a deadline */
+    }
+    /* ntx transactions and at most one VACUUM after each */
+    commit_rec *commits = calloc(2 * (size_t)ntx + 1, sizeof *commits);
+    CHECK(commits != NULL);
+    int nc = 0; /* the last commit */
+    commits[0].hash = db_content_hash(db);
+    commits[0].t_before = commits[0].t_after = ws_now_ms();
+    cl_after_ms(commits[0].t_after);
     for (int i = 1; i <= ntx; i++) {
-        states[i].t_before = ws_now_ms();
+        commit_rec *c = &commits[++nc];
+        c->t_before = ws_now_ms();
         random_txn(db, pgsz, i);
-        states[i].t_after = ws_now_ms();
-        CHECK_EQ(db_int(db, "SELECT seq FROM meta"), i);
-        states[i].hash = db_content_hash(db);
+        c->t_after = ws_now_ms();
+        cl_after_ms(c->t_after);
+        c->seq = db_int(db, "SELECT seq FROM meta");
+        CHECK_EQ(c->seq, i);
+        c->hash = db_content_hash(db);
         uint64_t r = ws_test_rand_below(100);
         if (r < 3) {
             static const char *const modes[] = {"PASSIVE", "FULL", "RESTART", "TRUNCATE"};
@@ -122,18 +145,25 @@ static void run(const char *name, uint32_t pgsz, int ntx, const char *url_base) 
             db_exec(db, sql);
         } else if (r < 4) {
             /* VACUUM rewrites every page (the file shrinks after deletes)
-            ** but keeps the content: the state stays states[i]. */
+            ** in one commit of its own that keeps the content. */
+            commit_rec *v = &commits[++nc];
+            v->t_before = ws_now_ms();
             db_exec(db, "VACUUM");
-            CHECK_U64_EQ(db_content_hash(db), states[i].hash);
+            v->t_after = ws_now_ms();
+            cl_after_ms(v->t_after);
+            v->seq = i;
+            v->hash = db_content_hash(db);
+            CHECK_U64_EQ(v->hash, c->hash);
         } else if (r < 5) {
             /* close and reopen: the last connection checkpoints and deletes the WAL */
-            CHECK_EQ(walship_flush(path, 60000) >= 0, 1);
+            CHECK_EQ(walship_flush(path, 60000), 1);
             sqlite3_close(db);
             db = db_open_walship(path, url, "walship_ship_interval=50ms");
         }
     }
     CHECK_EQ(walship_flush(path, 120000), 1);
     db_exec(db, "PRAGMA wal_checkpoint(TRUNCATE)");
+    int64_t t_end = ws_now_ms();
 
     /* Latest: byte for byte. */
     char msg[512];
@@ -141,63 +171,36 @@ static void run(const char *name, uint32_t pgsz, int ntx, const char *url_base) 
     if (!files_equal(path, out))
         ws_test_fail(__FILE__, __LINE__, "restored %s differs from the primary %s", out, path);
 
-    /* Random TXIDs. */
+    /* TXIDs: one generation whose TXIDs are the commits 0..nc, in order, so
+    ** TXID first + c is exactly commit c. The first, the last and random
+    ** ones between. */
+    CHECK_EQ(db_generation_count(url), 1);
     uint64_t first, last;
     db_txid_range(url, &first, &last);
-    fprintf(stderr, "  txids %" PRIu64 "..%" PRIu64 "\n", first, last);
-    int64_t prev_seq = -1;
-    uint64_t samples[24];
-    for (int k = 0; k < 24; k++) samples[k] = first + ws_test_rand_below(last - first + 1);
-    for (int a = 0; a < 24; a++) /* ascending, so seq must not go down */
-        for (int b = a + 1; b < 24; b++)
-            if (samples[b] < samples[a]) {
-                uint64_t t = samples[a];
-                samples[a] = samples[b];
-                samples[b] = t;
-            }
+    fprintf(stderr, "  txids %" PRIu64 "..%" PRIu64 " for commits 0..%d\n", first, last, nc);
+    CHECK_EQ(last - first, (uint64_t)nc);
     for (int k = 0; k < 24; k++) {
-        int rc = db_restore(url, out, 1, samples[k], 0, msg, sizeof msg);
-        if (rc != 0) ws_test_fail(__FILE__, __LINE__, "restore --txid %" PRIu64 ": %s", samples[k], msg);
-        sqlite3 *r = db_open_plain(out, 1);
-        int64_t seq = db_int(r, "SELECT seq FROM meta");
-        CHECK(seq >= 0 && seq <= ntx);
-        if (db_content_hash(r) != states[seq].hash)
-            ws_test_fail(__FILE__, __LINE__, "restore at TXID %" PRIu64 " (seq %" PRId64
-                         ") is not a state the primary had", samples[k], seq);
-        CHECK(seq >= prev_seq);
-        prev_seq = seq;
-        sqlite3_close(r);
+        int c = k == 0 ? 0 : k == 1 ? nc : (int)ws_test_rand_below((uint64_t)nc + 1);
+        cl_expect_commit(url, out, 1, first + (uint64_t)c, 0, commits, c);
     }
 
-    /* Random times: the state after the last commit at or before T. */
+    /* Times: a moment T between the end of commit c and the start of the
+    ** next one has exactly one answer, commit c (every commit that ended by
+    ** T is in, none that began after T). */
     for (int k = 0; k < 24; k++) {
-        int i = 1 + (int)ws_test_rand_below((uint64_t)ntx);
-        int64_t t = states[i].t_after;
-        int rc = db_restore(url, out, 2, 0, t, msg, sizeof msg);
-        if (rc != 0) {
-            /* Before the first snapshot's commit there is nothing to restore. */
-            CHECK_EQ(rc, WALSHIP_ERR_NOTFOUND);
-            continue;
-        }
-        sqlite3 *r = db_open_plain(out, 1);
-        int64_t seq = db_int(r, "SELECT seq FROM meta");
-        CHECK(seq >= 0 && seq <= ntx);
-        CHECK_U64_EQ(db_content_hash(r), states[seq].hash);
-        /* Every commit that returned by t is in; none that started after t. */
-        for (int j = 1; j <= ntx; j++) {
-            if (states[j].t_after <= t && seq < j)
-                ws_test_fail(__FILE__, __LINE__,
-                             "restore at time %" PRId64 " lacks commit %d (done at %" PRId64 ")", t,
-                             j, states[j].t_after);
-            if (states[j].t_before > t && seq >= j)
-                ws_test_fail(__FILE__, __LINE__,
-                             "restore at time %" PRId64 " has commit %d (begun at %" PRId64 ")", t,
-                             j, states[j].t_before);
-        }
-        sqlite3_close(r);
+        int c = k == 0 ? 0 : k == 1 ? nc : (int)ws_test_rand_below((uint64_t)nc + 1);
+        int64_t t = commits[c].t_after;
+        CHECK(t < (c < nc ? commits[c + 1].t_before : t_end + 1)); /* cl_after_ms() */
+        cl_expect_commit(url, out, 2, 0, t, commits, c);
     }
+    int rc = db_restore(url, out, 2, 0, t_unshipped, msg, sizeof msg);
+    if (rc != WALSHIP_ERR_NOTFOUND)
+        ws_test_fail(__FILE__, __LINE__,
+                     "restore --time %" PRId64 " (before the first snapshot) returned %d, not "
+                     "NOTFOUND: %s",
+                     t_unshipped, rc, msg);
     sqlite3_close(db);
-    free(states);
+    free(commits);
 }
 
 int main(void) {
@@ -206,7 +209,6 @@ int main(void) {
     run("p512", 512, 250, NULL);
     run("p65536", 65536, 120, NULL);
     /* The same through a real S3 server (Ceph RGW under scripts/test). */
-    if (getenv("WALSHIP_TEST_S3_URL") || getenv("WALSHIP_TEST_REQUIRE_S3"))
-        run("s3", 4096, 150, ws_test_s3_url("random"));
+    if (ws_test_s3_configured()) run("s3", 4096, 150, ws_test_s3_url("random"));
     return 0;
 }

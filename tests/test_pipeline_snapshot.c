@@ -6,26 +6,43 @@
 ** into the snapshot, and the shipper publishes each as shipped: the overlay
 ** holds it, so the VFS copies nothing into the spool when SQLite restarts or
 ** truncates the WAL. A start cut short by a crash begins again from the
-** database file. Checked:
-**   1. A 64 MiB database is opened through walship with an empty store and
-**      written to, with TRUNCATE and RESTART checkpoints and a tiny
-**      wal_autocheckpoint, until its snapshot is in the store (several WAL
-**      truncations must happen before it is). After a flush: the latest
-**      restore equals the primary byte for byte; the snapshot's own TXID
-**      restores a state the primary really had (its recorded content); and
-**      every later TXID restores exactly its transaction's content.
-**   2. The same with a writer process SIGKILLed before its snapshot is in
-**      the store; reopened, written to and flushed, the store's latest state
-**      equals the primary byte for byte.
+** database file.
+**
+** The test does not race the snapshot: the writer is this process (or a
+** child) with walship_upload=0, the shipper is a `walship ship` process, and
+** the test stops that process with SIGSTOP once the snapshot's work file
+** (<spool>/overlay.tmp) exists -- and only when no update of the spool's
+** shared shipper fields is half done (the seqlock at ctl offset 64 is even,
+** FORMAT.md 3.2), so a writer reading them never waits for it. Whatever the
+** machine's speed, what happens while it is stopped happens mid-snapshot.
+** Checked:
+**   1. A 64 MiB database, an empty store. While the snapshot is stopped, 48
+**      transactions with RESTART and TRUNCATE checkpoints and a tiny
+**      wal_autocheckpoint (3 WAL truncations at least, each copying frames
+**      into the spool); then the shipper goes on while the writer keeps
+**      writing and checkpointing, until the snapshot is in the store. After a
+**      flush: the latest restore equals the primary byte for byte; the
+**      snapshot's own TXID restores a state the primary really had (its
+**      recorded content); and every later TXID restores exactly its
+**      transaction's content.
+**   2. The same with a writer process and the shipper both SIGKILLed while
+**      the snapshot is stopped (after 48 more transactions): the store holds
+**      nothing then; reopened through walship (which ships), written to and
+**      flushed, the store's latest state equals the primary byte for byte.
 **
 ** ctest-labels: pipeline
 ** ctest-timeout: 300
 */
+#include <fcntl.h>
 #include <inttypes.h>
 #include <signal.h>
+#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "common/util.h"
 #include "dbutil.h"
@@ -69,6 +86,84 @@ static sqlite3 *open_ws(const char *path, const char *url) {
     return db;
 }
 
+/* A writer that records commits but never ships: the shipper is elsewhere. */
+static sqlite3 *open_recording(const char *path, const char *url) {
+    sqlite3 *db = db_open_walship(path, url, "walship_ship_interval=50ms&walship_upload=0");
+    db_exec(db, "PRAGMA wal_autocheckpoint=4");
+    return db;
+}
+
+/* The running shipper process, killed at exit (a failed check exits at once;
+** the process must not outlive the test). */
+static pid_t live_shipper, live_writer;
+static pid_t test_pid;
+
+static void kill_children(void) {
+    if (getpid() != test_pid) return;
+    if (live_shipper > 0) kill(live_shipper, SIGKILL);
+    if (live_writer > 0) kill(live_writer, SIGKILL);
+}
+
+/* Starts `walship ship PATH --url URL` (ship interval 50 ms); returns its pid. */
+static pid_t start_shipper(const char *path, const char *url) {
+    const char *bin = ws_test_env("WALSHIP_BIN");
+    char *const argv[] = {(char *)bin, (char *)"ship", (char *)path, (char *)"--url", (char *)url,
+                          NULL};
+    int quiet = getenv("WALSHIP_LOG") == NULL; /* warnings only, unless asked */
+    setenv("WALSHIP_SHIP_INTERVAL", "50ms", 1);
+    if (quiet) setenv("WALSHIP_LOG", "warn", 1);
+    extern char **environ;
+    pid_t pid = 0;
+    int rc = posix_spawn(&pid, bin, NULL, NULL, argv, environ);
+    unsetenv("WALSHIP_SHIP_INTERVAL");
+    if (quiet) unsetenv("WALSHIP_LOG");
+    if (rc != 0) ws_test_fail(__FILE__, __LINE__, "posix_spawn %s: %d", bin, rc);
+    live_shipper = pid;
+    return pid;
+}
+
+static int path_exists(const char *p) {
+    struct stat st;
+    return stat(p, &st) == 0;
+}
+
+/* The spool's shipper seqlock counter (ctl offset 64, host order). */
+static uint32_t ship_seqlock(const char *spool) {
+    char p[4300];
+    snprintf(p, sizeof p, "%s/ctl", spool);
+    int fd = open(p, O_RDONLY | O_CLOEXEC);
+    uint32_t v = 1;
+    if (fd < 0 || ws_pread_full(fd, &v, sizeof v, 64) != (ssize_t)sizeof v)
+        ws_test_fail(__FILE__, __LINE__, "read %s", p);
+    close(fd);
+    return v;
+}
+
+/* Stops the shipper process pid while its generation-start snapshot is in
+** progress (its work file exists) and no write of the spool's shipper fields
+** is half done. Fails if no snapshot is seen in progress within 60 s. */
+static void stop_mid_snapshot(pid_t pid, const char *spool, const char *url) {
+    char overlay[4400];
+    snprintf(overlay, sizeof overlay, "%s/overlay.tmp", spool);
+    int64_t deadline = ws_mono_ms() + 60000;
+    for (;;) {
+        if (ws_mono_ms() > deadline)
+            ws_test_fail(__FILE__, __LINE__,
+                         "no snapshot seen in progress in 60 s (%zu generation(s) stored)",
+                         db_generation_count(url));
+        if (!path_exists(overlay)) {
+            ws_sleep_ms(1); /* polling for the work file, with a deadline */
+            continue;
+        }
+        CHECK_EQ(kill(pid, SIGSTOP), 0);
+        int st = 0;
+        CHECK_EQ(waitpid(pid, &st, WUNTRACED), pid);
+        CHECK(WIFSTOPPED(st));
+        if (path_exists(overlay) && (ship_seqlock(spool) & 1) == 0) return;
+        CHECK_EQ(kill(pid, SIGCONT), 0);
+    }
+}
+
 static void check_latest(const char *path, const char *url, sqlite3 *db) {
     char out[4200], msg[512];
     CHECK_EQ(walship_flush(path, 120000), 1);
@@ -80,12 +175,21 @@ static void check_latest(const char *path, const char *url, sqlite3 *db) {
 }
 
 static void folding_with_restarts(void) {
-    char path[4200], url[4200], out[4200], msg[512];
+    char path[4200], url[4200], out[4200], msg[512], spool[4300];
     snprintf(path, sizeof path, "%s/a.db", dir);
     snprintf(url, sizeof url, "file://%s/store-a", dir);
+    db_spool_dir(path, spool, sizeof spool);
     make_big(path);
-    sqlite3 *db = open_ws(path, url);
+    sqlite3 *db = open_recording(path, url);
+    pid_t shipper = start_shipper(path, url);
+    stop_mid_snapshot(shipper, spool, url);
     int n = 0, truncations = 0;
+    for (int k = 0; k < 48; k++, n++) truncations += write_one(db, n);
+    fprintf(stderr, "%d WAL truncations while the snapshot was stopped\n", truncations);
+    CHECK(truncations >= 3);
+    CHECK_EQ(db_generation_count(url), 0);
+    CHECK_EQ(kill(shipper, SIGCONT), 0);
+    /* and more while it runs, until it is in the store */
     int64_t deadline = ws_mono_ms() + 240000;
     while (db_generation_count(url) == 0) {
         for (int k = 0; k < 16; k++, n++) {
@@ -96,7 +200,6 @@ static void folding_with_restarts(void) {
     }
     fprintf(stderr, "%d transactions, %d WAL truncations before the snapshot was stored\n", n,
             truncations);
-    CHECK(truncations >= 3);
     /* and some after it, shipped as segments */
     for (int k = 0; k < 200; k++, n++) write_one(db, n);
     check_latest(path, url, db);
@@ -126,56 +229,71 @@ static void folding_with_restarts(void) {
         CHECK_EQ(db_int(r, "SELECT count(*) FROM big"), nbig);
         sqlite3_close(r);
     }
+    /* the last TXID is the last commit */
+    CHECK_EQ(base_seq + (int64_t)(last - first), n);
+    CHECK_EQ(kill(shipper, SIGTERM), 0);
+    CHECK_EQ(child_wait(shipper), 0);
+    live_shipper = 0;
     sqlite3_close(db);
 }
 
-typedef struct killed_arg {
-    const char *path, *url;
-} killed_arg;
-
-/* Child: writes until killed. */
-static int writer_forever(void *arg) {
-    killed_arg *a = arg;
+/* writer PATH URL: records commits (no shipping) until killed. */
+static int writer_main(char **argv) {
     db_register();
-    sqlite3 *db = open_ws(a->path, a->url);
+    sqlite3 *db = open_recording(argv[2], argv[3]);
     for (int i = 0; i < MAXSEQ; i++) write_one(db, i);
     sqlite3_close(db);
-    return 1; /* never reached: the parent kills it long before */
+    return 1; /* never reached: the test kills it long before */
 }
 
 static void crash_while_folding(void) {
-    char path[4200], url[4200];
+    char path[4200], url[4200], spool[4300];
     snprintf(path, sizeof path, "%s/b.db", dir);
     snprintf(url, sizeof url, "file://%s/store-b", dir);
+    db_spool_dir(path, spool, sizeof spool);
     make_big(path);
-    killed_arg a = {path, url};
-    pid_t pid = child_start(writer_forever, &a);
-    /* until the writer has checkpointed its WAL a few times (every 8th commit) */
+    const char *args[] = {"writer", path, url, NULL};
+    pid_t writer = child_spawn(args);
+    live_writer = writer;
     sqlite3 *ro = db_open_plain(path, 1);
     int64_t deadline = ws_mono_ms() + 120000;
-    while (db_int(ro, "SELECT seq FROM meta") < 48) {
+    while (db_int(ro, "SELECT seq FROM meta") < 1) { /* its spool exists */
+        CHECK(ws_mono_ms() < deadline);
+        ws_sleep_ms(5); /* polling a condition, with a deadline */
+    }
+    pid_t shipper = start_shipper(path, url);
+    stop_mid_snapshot(shipper, spool, url);
+    /* until the writer has checkpointed its WAL a few times (every 8th commit) */
+    int64_t seq0 = db_int(ro, "SELECT seq FROM meta");
+    while (db_int(ro, "SELECT seq FROM meta") < seq0 + 48) {
         CHECK(ws_mono_ms() < deadline);
         ws_sleep_ms(5); /* polling a condition, with a deadline */
     }
     sqlite3_close(ro);
-    int stored = db_generation_count(url) > 0;
-    CHECK_EQ(kill(pid, SIGKILL), 0);
-    CHECK_EQ(child_wait(pid), 128 + SIGKILL);
-    fprintf(stderr, "writer killed %s its snapshot was stored\n", stored ? "after" : "before");
-    CHECK(!stored);
+    CHECK_EQ(kill(writer, SIGKILL), 0);
+    CHECK_EQ(child_wait(writer), 128 + SIGKILL);
+    live_writer = 0;
+    CHECK_EQ(kill(shipper, SIGKILL), 0);
+    CHECK_EQ(child_wait(shipper), 128 + SIGKILL);
+    live_shipper = 0;
+    /* killed mid-snapshot: nothing of the generation was stored */
+    CHECK_EQ(db_generation_count(url), 0);
     sqlite3 *db = open_ws(path, url);
     for (int i = 0; i < 100; i++) write_one(db, i);
     check_latest(path, url, db);
     sqlite3_close(db);
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+    if (argc > 1 && strcmp(argv[1], "writer") == 0) return writer_main(argv);
     ws_test_seed(31);
     snprintf(dir, sizeof dir, "%s", ws_test_tmpdir());
+    test_pid = getpid();
+    atexit(kill_children);
     db_register();
     fprintf(stderr, "-- WAL restarts while a generation-start snapshot runs\n");
     folding_with_restarts();
-    fprintf(stderr, "-- a writer killed while its generation-start snapshot runs\n");
+    fprintf(stderr, "-- a writer and its shipper killed while the generation-start snapshot runs\n");
     crash_while_folding();
     return 0;
 }

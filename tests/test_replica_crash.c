@@ -14,8 +14,10 @@
 ** resume without downloading the database again and converge. Then the
 ** primary starts a new generation (its spool is lost), and the replica
 ** switches to it as one transaction -- once with a crash in the middle of
-** publishing that switch. At the end, replica and primary are equal byte
-** for byte.
+** publishing that switch. After each primary run the replica's readers see
+** exactly the accounts the primary left (its content hash), and inside a
+** generation the TXID moved by exactly the commits it made. At the end,
+** replica and primary are equal byte for byte.
 */
 /* ctest-labels: replica slow */
 /* ctest-timeout: 240 */
@@ -52,6 +54,7 @@ int main(int argc, char **argv) {
     snprintf(logp, sizeof logp, "%s/replica.log", dir);
     uint64_t gen, txid;
 
+    rt_done d;
     fprintf(stderr, "-- seed, bootstrap, start readers\n");
     rt_run_primary(pdb, url, 50, done, 0, &gen, &txid);
     pid_t rep = start_replica_fault(NULL);
@@ -82,22 +85,38 @@ int main(int argc, char **argv) {
         kill(rep, SIGTERM);
         CHECK_EQ(rt_wait(rep, 30000), 0);
         const char *san = getenv("WALSHIP_SANITIZE");
-        pid_t prim = start_primary(san && *san ? 200 : 400, 2000);
+        long ntx = san && *san ? 200 : 400;
+        uint64_t txid_before = txid;
+        pid_t prim = start_primary(ntx, 2000);
         rep = start_replica_fault(faults[round]);
         int st;
         if (faults[round]) {
             st = rt_wait(rep, 60000); /* dies at the injected point */
             CHECK_EQ(st, 128 + SIGKILL);
         } else {
-            ws_sleep_ms(200 + (int64_t)ws_test_rand_below(800));
+            /* a random moment once it has resumed (and is applying) */
+            int64_t deadline = ws_mono_ms() + 30000;
+            char js[16384] = "";
+            while (rt_replica_status(rdb, js, sizeof js) != 0 ||
+                   strstr(js, "\"state\":\"following\"") == NULL) {
+                if (ws_mono_ms() > deadline)
+                    ws_test_fail(__FILE__, __LINE__, "the replica did not resume: %s", js);
+                ws_sleep_ms(5); /* polling its status, with a deadline */
+            }
+            ws_sleep_ms((int64_t)ws_test_rand_below(800));
             kill(rep, SIGKILL);
             CHECK_EQ(rt_wait(rep, 30000), 128 + SIGKILL);
         }
         fprintf(stderr, "   round %d: killed (%s)\n", round, faults[round] ? faults[round] : "random");
         rep = start_replica_fault(NULL);
         CHECK_EQ(rt_wait(prim, 120000), 0);
-        rt_read_done(done, &gen, &txid);
+        rt_read_done_full(done, &d);
+        gen = d.gen;
+        txid = d.txid;
+        CHECK_EQ(d.commits, ntx);
+        CHECK_EQ(txid - txid_before, ntx); /* same generation: one TXID per commit */
         rt_wait_replica(rdb, gen, txid, 60000);
+        rt_check_replica_content(rdb, d.hash);
     }
     CHECK_EQ(rt_status_u64(rdb, "rebootstraps"), 0);
     CHECK_EQ(rt_status_u64(rdb, "divergences"), 0);
@@ -114,6 +133,8 @@ int main(int argc, char **argv) {
     rt_run_primary(pdb, url, 300, done, 0, &gen, &txid);
     CHECK(gen != gen1);
     rt_wait_replica(rdb, gen, txid, 60000);
+    rt_read_done_full(done, &d);
+    rt_check_replica_content(rdb, d.hash);
     CHECK(rt_status_u64(rdb, "rebootstraps") >= 1);
 
     fprintf(stderr, "-- and again, with a crash while publishing the switch\n");
@@ -127,6 +148,8 @@ int main(int argc, char **argv) {
     CHECK_EQ(rt_wait(rep, 60000), 128 + SIGKILL);
     rep = start_replica_fault(NULL);
     rt_wait_replica(rdb, gen, txid, 60000);
+    rt_read_done_full(done, &d);
+    rt_check_replica_content(rdb, d.hash);
 
     fprintf(stderr, "-- stop readers; byte for byte\n");
     rt_touch(stop);

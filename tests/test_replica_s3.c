@@ -22,7 +22,7 @@ static char url[2048], rurl[2048], pdb[600], rdb[600], done[600], logp[700];
 /* Replaces the endpoint of an s3:// URL with the proxy's. */
 static void proxy_url(const char *in, int port, char *out, size_t n, char *host, int *hport) {
     const char *e = strstr(in, "endpoint=");
-    if (e == NULL) ws_test_skip("WALSHIP_TEST_S3_URL has no endpoint= (needed to put a proxy in front)");
+    if (e == NULL) ws_test_skip_s3("WALSHIP_TEST_S3_URL has no endpoint= (needed to put a proxy in front)");
     const char *v = e + 9, *end = v + strcspn(v, "&");
     char ep[512];
     snprintf(ep, sizeof ep, "%.*s", (int)(end - v), v);
@@ -30,7 +30,7 @@ static void proxy_url(const char *in, int port, char *out, size_t n, char *host,
     const char *h = strstr(ep, "://");
     h = h ? h + 3 : ep;
     const char *colon = strrchr(h, ':');
-    if (colon == NULL) ws_test_skip("S3 endpoint without a port");
+    if (colon == NULL) ws_test_skip_s3("the S3 endpoint has no port");
     snprintf(host, 256, "%.*s", (int)(colon - h), h);
     *hport = atoi(colon + 1);
     snprintf(out, n, "%.*shttp://127.0.0.1:%d%s", (int)(v - in), in, port, end);
@@ -74,8 +74,13 @@ int main(int argc, char **argv) {
         snprintf(res[i], sizeof res[i], "%s/reader-%d.txt", dir, i);
         rd[i] = rt_spawn_self(NULL, "reader", rdb, stop, res[i], total, "tight", (const char *)NULL);
     }
+    uint64_t txid0 = txid;
     rt_run_primary(pdb, url, 150, done, 0, &gen, &txid);
     rt_wait_replica(rdb, gen, txid, 60000);
+    rt_done d;
+    rt_read_done_full(done, &d);
+    CHECK_EQ(txid - txid0, 150); /* one TXID per commit */
+    rt_check_replica_content(rdb, d.hash);
 
     fprintf(stderr, "-- requests of an idle replica\n");
     kill(rep, SIGTERM);
@@ -112,6 +117,9 @@ int main(int argc, char **argv) {
     rt_read_done(done, &gen, &txid);
     CHECK_EQ(fp_set_mode(fp, FP_PASS), 0);
     rt_wait_replica(rdb, gen, txid, 60000);
+    rt_read_done_full(done, &d);
+    CHECK_EQ(txid - applied, 100);
+    rt_check_replica_content(rdb, d.hash);
 
     rt_touch(stop);
     for (int i = 0; i < 2; i++) rt_reader_finish(i, rd[i], res[i], 1, 0);

@@ -8,12 +8,14 @@
 ** one thread writes to a database another thread also writes to; flushes
 ** come from every thread; connections open and close all along (so
 ** shippers retire and come back). At the end every database restores to
-** exactly its primary.
+** exactly its primary, and an idle process's threads sleep: over 2 s they
+** use less than a quarter of the CPU a spinning thread gets meanwhile.
 **
 ** ctest-labels: threads pipeline
 ** ctest-timeout: 300
 */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -69,6 +71,24 @@ static void *work(void *arg) {
     return NULL;
 }
 
+static int64_t cpu_ns(clockid_t clk) {
+    struct timespec ts;
+    CHECK_EQ(clock_gettime(clk, &ts), 0);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static atomic_int spin_stop;
+
+/* A thread that spins until told to stop; *arg receives its CPU time (ns):
+** what a thread that never sleeps gets of this machine right now. */
+static void *spin(void *arg) {
+    int64_t c0 = cpu_ns(CLOCK_THREAD_CPUTIME_ID);
+    volatile uint64_t x = 0;
+    while (!atomic_load_explicit(&spin_stop, memory_order_relaxed)) x++;
+    *(int64_t *)arg = cpu_ns(CLOCK_THREAD_CPUTIME_ID) - c0;
+    return NULL;
+}
+
 int main(void) {
     const char *dir = ws_test_tmpdir();
     db_register();
@@ -105,20 +125,32 @@ int main(void) {
 
     /* Idle is idle: with a database open and nothing to ship, the worker
     ** threads sleep. (A condition variable waiting on the wrong clock once
-    ** made every wait return at once: two threads spinning forever.) A
-    ** spinning worker burns the whole interval; a sleeping pool almost
-    ** nothing. */
+    ** made every wait return at once: two threads spinning forever.) The
+    ** yardstick is a thread of the test's own that spins over the same 2 s:
+    ** a spinning worker gets about as much CPU as it does, however fast or
+    ** busy the machine; a sleeping pool next to nothing. Everything but the
+    ** spinner and this (sleeping) thread must stay under a quarter of it. */
     sqlite3 *idle = db_open_walship(paths[0], urls[0], NULL);
     db_exec(idle, "INSERT INTO t VALUES (-1, -1, NULL)");
     CHECK_EQ(walship_flush(paths[0], 60000), 1);
-    struct timespec c0, c1;
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c0);
+    int64_t p0 = cpu_ns(CLOCK_PROCESS_CPUTIME_ID), m0 = cpu_ns(CLOCK_THREAD_CPUTIME_ID);
+    int64_t spin_ns = 0;
+    pthread_t spinner;
+    CHECK_EQ(pthread_create(&spinner, NULL, spin, &spin_ns), 0);
     int64_t w0 = ws_mono_ms();
-    while (ws_mono_ms() - w0 < 1500) ws_sleep_ms(100);
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c1);
-    int64_t cpu_ms = (int64_t)(c1.tv_sec - c0.tv_sec) * 1000 + (c1.tv_nsec - c0.tv_nsec) / 1000000;
-    fprintf(stderr, "idle for 1.5 s: %lld ms of CPU\n", (long long)cpu_ms);
-    CHECK(cpu_ms < 500);
+    while (ws_mono_ms() - w0 < 2000) ws_sleep_ms(50); /* the idle period being measured */
+    atomic_store(&spin_stop, 1);
+    CHECK_EQ(pthread_join(spinner, NULL), 0);
+    int64_t others_ns = (cpu_ns(CLOCK_PROCESS_CPUTIME_ID) - p0) -
+                        (cpu_ns(CLOCK_THREAD_CPUTIME_ID) - m0) - spin_ns;
+    fprintf(stderr, "idle for 2 s: the pool used %lld ms of CPU, a spinning thread %lld ms\n",
+            (long long)(others_ns / 1000000), (long long)(spin_ns / 1000000));
+    CHECK(spin_ns > 0);
+    if (others_ns * 4 >= spin_ns)
+        ws_test_fail(__FILE__, __LINE__,
+                     "an idle process used %lld ms of CPU besides a spinning thread's %lld ms: "
+                     "its threads do not sleep",
+                     (long long)(others_ns / 1000000), (long long)(spin_ns / 1000000));
     sqlite3_close(idle);
     return 0;
 }

@@ -901,7 +901,7 @@ int main(void) {
 
     (void)ws_test_s3_url("probe"); /* skips (or fails under REQUIRE_S3) without a server */
     int port = upstream_port();
-    if (port <= 0) ws_test_skip("the fault-proxy tests need an http://127.0.0.1 S3 endpoint");
+    if (port <= 0) ws_test_skip_s3("the fault-proxy tests need an http://127.0.0.1 S3 endpoint");
     fp = fp_start("127.0.0.1", port);
     CHECK(fp != NULL);
     RUN(test_wrong_secret);
