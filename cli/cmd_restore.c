@@ -90,6 +90,8 @@ static int check_db(void *ctx, const char *path, char *msg, size_t n) {
         else if (rows == 0)
             snprintf(msg, n, "%s returned nothing", sql);
     }
+    for (char *p = msg; *p; p++)
+        if (*p == '\n' || *p == '\r') *p = ' '; /* one line: "*** in database main ***\n..." */
     used = strlen(msg);
     if (bad && c->hint[0] && used + 1 < n) snprintf(msg + used, n - used, " %s", c->hint);
     sqlite3_finalize(st);

@@ -356,13 +356,20 @@ static size_t scheme_sep(const char *p) {
     return c ? a + b + c : 0;
 }
 
+/* Nonzero for a character that ends a URL quoted in text: never part of
+** one unescaped (RFC 3986 appendix C). */
+static int url_end(char c) {
+    return (unsigned char)c <= ' ' || c == '"' || c == '\'' || c == '<' || c == '>' || c == '`';
+}
+
 /* The userinfo at p (just after a scheme separator): its length including
 ** the final '@', or 0 if there is none. The part scanned ends at '#', at
-** '?' and, for a URL that is itself a query value (in_query), at '&'. */
+** '?', where the URL ends in text, and, for a URL that is itself a query
+** value (in_query), at '&'. */
 static size_t userinfo_len(const char *p, int in_query) {
     int slash = 0, colon = 0;
     size_t at_end = 0, i = 0;
-    while (p[i] && p[i] != '#' && p[i] != '?' && !(in_query && p[i] == '&')) {
+    while (p[i] && !url_end(p[i]) && p[i] != '#' && p[i] != '?' && !(in_query && p[i] == '&')) {
         size_t t;
         if ((t = url_tok(p + i, '@'))) {
             if (!slash || colon) at_end = i + t;
@@ -388,6 +395,7 @@ static int redact(char *out, size_t n, const char *s) {
         if (sep) u = userinfo_len(s + i + sep, in_query);
         if (sep == 0) sep = 1; /* copy one character */
         if (s[i] == '?') in_query = 1;
+        if (url_end(s[i])) in_query = 0; /* the next URL in a message starts afresh */
         for (size_t k = 0; k < sep; k++, o++)
             if (o + 1 < n) out[o] = s[i + k];
         i += sep + u;
