@@ -27,6 +27,7 @@
 ** ctest-labels: cli unit
 ** ctest-timeout: 120
 */
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -176,15 +177,39 @@ static void test_store_open_refuses(void) {
 
 static char out[16384];
 
-/* Runs `walship ARGS` (a shell fragment) in dir; it must exit 2 with a
-** message that contains names. */
-static void usage_error(const char *dir, const char *args, const char *names) {
+/* None of what a command could have created exists in dir: the output
+** r.db or out.db, a replica rep.db and its state directory. */
+static void nothing_created(const char *dir, const char *after) {
+    static const char *const names[] = {"r.db", "out.db", "rep.db", "rep.db-walship-replica"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        char p[4200];
+        struct stat st;
+        snprintf(p, sizeof p, "%s/%s", dir, names[i]);
+        if (stat(p, &st) == 0) ws_test_fail(__FILE__, __LINE__, "%s left %s", after, p);
+    }
+}
+
+/* Runs `walship ARGS` (ARGS a shell fragment made from fmt) in dir; it must
+** exit 2 with a message that contains names. */
+static void usage_error(const char *dir, const char *names, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void usage_error(const char *dir, const char *names, const char *fmt, ...) {
+    char args[8192];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(args, sizeof args, fmt, ap);
+    va_end(ap);
     int rc = db_capture(out, sizeof out, "cd '%s' && '%s' %s", dir, ws_test_env("WALSHIP_BIN"),
                         args);
     if (rc != 2) ws_test_fail(__FILE__, __LINE__, "walship %s exited %d, want 2: %s", args, rc, out);
     if (strstr(out, names) == NULL)
         ws_test_fail(__FILE__, __LINE__, "walship %s: \"%s\" does not name %s", args, out, names);
 }
+
+/* An option and a command line using it: %s for the URL, then the value. */
+typedef struct opt_use {
+    const char *name, *fmt;
+} opt_use;
 
 static void test_cli_numbers(void) {
     const char *dir = ws_test_tmpdir();
@@ -194,52 +219,33 @@ static void test_cli_numbers(void) {
         "99999999999999999999999", "18446744073709551616", "-1", "+5", "' 5'", "'5 '",
         "''", "5x", "0x10", "1e3", "'5\n'",
     };
-    char args[8192];
-    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        snprintf(args, sizeof args, "restore '%s' -o r.db --txid %s", url, bad[i]);
-        usage_error(dir, args, "--txid");
-        snprintf(args, sizeof args, "restore '%s' -o r.db --parallel %s", url, bad[i]);
-        usage_error(dir, args, "--parallel");
-        snprintf(args, sizeof args, "verify '%s' --txid %s", url, bad[i]);
-        usage_error(dir, args, "--txid");
-        snprintf(args, sizeof args, "replica '%s' rep.db --poll-ms %s", url, bad[i]);
-        usage_error(dir, args, "--poll-ms");
-        snprintf(args, sizeof args, "replica '%s' rep.db --checkpoint-frames %s", url, bad[i]);
-        usage_error(dir, args, "--checkpoint-frames");
-        snprintf(args, sizeof args, "replica '%s' rep.db --parallel %s", url, bad[i]);
-        usage_error(dir, args, "--parallel");
-        snprintf(args, sizeof args, "ship app.db --url '%s' --timeout %s", url, bad[i]);
-        usage_error(dir, args, "--timeout");
-    }
-    /* In range is the option's own range. */
-    snprintf(args, sizeof args, "restore '%s' -o r.db --parallel 33", url);
-    usage_error(dir, args, "--parallel");
-    snprintf(args, sizeof args, "restore '%s' -o r.db --txid 0", url);
-    usage_error(dir, args, "--txid");
-    snprintf(args, sizeof args, "replica '%s' rep.db --checkpoint-frames 15", url);
-    usage_error(dir, args, "--checkpoint-frames");
-    snprintf(args, sizeof args, "replica '%s' rep.db --poll-ms", url);
-    usage_error(dir, args, "--poll-ms");
+    static const opt_use numeric[] = {
+        {"--txid", "restore '%s' -o r.db --txid %s"},
+        {"--parallel", "restore '%s' -o r.db --parallel %s"},
+        {"--txid", "verify '%s' --txid %s"},
+        {"--poll-ms", "replica '%s' rep.db --poll-ms %s"},
+        {"--checkpoint-frames", "replica '%s' rep.db --checkpoint-frames %s"},
+        {"--parallel", "replica '%s' rep.db --parallel %s"},
+        {"--timeout", "ship app.db --url '%s' --timeout %s"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        for (size_t k = 0; k < sizeof numeric / sizeof numeric[0]; k++)
+            usage_error(dir, numeric[k].name, numeric[k].fmt, url, bad[i]);
+    /* Out of the option's own range; a value missing. */
+    usage_error(dir, "--parallel", "restore '%s' -o r.db --parallel 33", url);
+    usage_error(dir, "--txid", "restore '%s' -o r.db --txid 0", url);
+    usage_error(dir, "--checkpoint-frames", "replica '%s' rep.db --checkpoint-frames 15", url);
+    usage_error(dir, "--poll-ms", "replica '%s' rep.db --poll-ms", url);
     static const char *const times[] = {"2026-02-30T00:00:00Z", "2026-11-26T24:00:00Z",
                                         "2026-11-26T09:30:60Z", "2026-11-26T09:30:00+25:00",
                                         "2026-11-26T09:30:00", "''"};
-    for (size_t i = 0; i < sizeof times / sizeof times[0]; i++) {
-        snprintf(args, sizeof args, "restore '%s' -o r.db --time %s", url, times[i]);
-        usage_error(dir, args, "--time");
-    }
+    for (size_t i = 0; i < sizeof times / sizeof times[0]; i++)
+        usage_error(dir, "--time", "restore '%s' -o r.db --time %s", url, times[i]);
     static const char *const gens[] = {"xyz", "-1", "0", "''", "00000000000000000", "0x12"};
-    for (size_t i = 0; i < sizeof gens / sizeof gens[0]; i++) {
-        snprintf(args, sizeof args, "restore '%s' -o r.db --generation %s", url, gens[i]);
-        usage_error(dir, args, "--generation");
-    }
-    usage_error(dir, "restore file:///x -o ''", "-o");
-    /* Nothing was created by any of them. */
-    struct stat st;
-    char p[4200];
-    snprintf(p, sizeof p, "%s/r.db", dir);
-    CHECK(stat(p, &st) != 0);
-    snprintf(p, sizeof p, "%s/rep.db-walship-replica", dir);
-    CHECK(stat(p, &st) != 0);
+    for (size_t i = 0; i < sizeof gens / sizeof gens[0]; i++)
+        usage_error(dir, "--generation", "restore '%s' -o r.db --generation %s", url, gens[i]);
+    usage_error(dir, "-o", "restore file:///x -o ''");
+    nothing_created(dir, "a usage error");
 }
 
 static void test_cli_secrets(void) {
@@ -266,14 +272,9 @@ static void test_cli_secrets(void) {
                 ws_test_fail(__FILE__, __LINE__, "walship %s printed the secret: %s", args, out);
             if (out[0] == '\0')
                 ws_test_fail(__FILE__, __LINE__, "walship %s printed no error", args);
+            nothing_created(dir, args);
         }
     }
-    struct stat st;
-    char p[4200];
-    snprintf(p, sizeof p, "%s/rep.db-walship-replica", dir);
-    CHECK(stat(p, &st) != 0);
-    snprintf(p, sizeof p, "%s/out.db", dir);
-    CHECK(stat(p, &st) != 0);
 }
 
 /* A replica given a URL that cannot be opened leaves nothing on disk. */
@@ -285,12 +286,7 @@ static void test_replica_bad_url(void) {
         int rc = db_capture(out, sizeof out, "cd '%s' && '%s' replica '%s' rep.db", dir,
                             ws_test_env("WALSHIP_BIN"), urls[i]);
         if (rc != 1) ws_test_fail(__FILE__, __LINE__, "replica %s exited %d: %s", urls[i], rc, out);
-        char p[4200];
-        struct stat st;
-        snprintf(p, sizeof p, "%s/rep.db-walship-replica", dir);
-        if (stat(p, &st) == 0) ws_test_fail(__FILE__, __LINE__, "replica %s left %s", urls[i], p);
-        snprintf(p, sizeof p, "%s/rep.db", dir);
-        if (stat(p, &st) == 0) ws_test_fail(__FILE__, __LINE__, "replica %s left %s", urls[i], p);
+        nothing_created(dir, urls[i]);
     }
 }
 
