@@ -182,9 +182,11 @@ static int parse_metrics_addr(const char *s, struct sockaddr_in *sa) {
             sa->sin_addr = a;
         }
     }
-    char *end;
-    long p = strtol(port, &end, 10);
-    if (*port == '\0' || *end != '\0' || p < 0 || p > 65535) return -1;
+    /* digits only (no sign, space or junk), at most 65535 */
+    size_t nd = strspn(port, "0123456789");
+    if (nd == 0 || nd > 5 || port[nd] != '\0') return -1;
+    long p = strtol(port, NULL, 10);
+    if (p > 65535) return -1;
     sa->sin_port = htons((uint16_t)p);
     return 0;
 }

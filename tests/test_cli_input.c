@@ -13,10 +13,10 @@
 **   - store_open refuses a URL with credentials and its message does not
 **     contain them.
 **   - The CLI: every numeric option (restore --txid/--parallel, replica
-**     --poll-ms/--checkpoint-frames/--parallel, ship --timeout) refuses
-**     overflow, signs, spaces, empty strings and trailing junk with exit 2
-**     and a message naming the option; --time refuses impossible dates
-**     with exit 2; --generation refuses non-hex.
+**     --poll-ms/--checkpoint-frames/--parallel and --metrics's port, ship
+**     --timeout) refuses overflow, signs, spaces, empty strings and
+**     trailing junk with exit 2 and a message naming the option; --time
+**     refuses impossible dates with exit 2; --generation refuses non-hex.
 **   - Secrets: restore, verify, generations and replica given URLs with
 **     credentials (s3:// and file:// userinfo, an endpoint= with userinfo,
 **     plain and percent-encoded, a secret with '/') exit non-zero and the
@@ -236,6 +236,10 @@ static void test_cli_numbers(void) {
     usage_error(dir, "--txid", "restore '%s' -o r.db --txid 0", url);
     usage_error(dir, "--checkpoint-frames", "replica '%s' rep.db --checkpoint-frames 15", url);
     usage_error(dir, "--poll-ms", "replica '%s' rep.db --poll-ms", url);
+    static const char *const ports[] = {"127.0.0.1:+80", "' 80'", "127.0.0.1:-1", "99999", "80x",
+                                        "''", "127.0.0.1:"};
+    for (size_t i = 0; i < sizeof ports / sizeof ports[0]; i++)
+        usage_error(dir, "--metrics", "replica '%s' rep.db --metrics %s", url, ports[i]);
     static const char *const times[] = {"2026-02-30T00:00:00Z", "2026-11-26T24:00:00Z",
                                         "2026-11-26T09:30:60Z", "2026-11-26T09:30:00+25:00",
                                         "2026-11-26T09:30:00", "''"};
