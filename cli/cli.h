@@ -22,7 +22,12 @@ int cli_fail(const wserr *err);
 /* Prints a usage error for a command and returns 2. */
 int cli_usage(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-/* Option value helpers: parse or print a usage error (returning nonzero). */
+/* Option values: s must be decimal digits only (no sign, space, or
+** anything after them) for a value in [min, max]; overflow is out of range.
+** Sets *out and returns 0, or prints a usage error naming opt and returns 2
+** (*out untouched). cli_u64 is the range 0..UINT64_MAX. */
+int cli_u64_range(const char *cmd, const char *opt, const char *s, uint64_t min, uint64_t max,
+                  uint64_t *out);
 int cli_u64(const char *cmd, const char *opt, const char *s, uint64_t *out);
 
 #endif

@@ -36,6 +36,7 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "restore/replica.h"
+#include "store/store.h"
 
 static volatile sig_atomic_t stop_requested;
 static void on_signal(int sig) {
@@ -181,9 +182,11 @@ static int parse_metrics_addr(const char *s, struct sockaddr_in *sa) {
             sa->sin_addr = a;
         }
     }
-    char *end;
-    long p = strtol(port, &end, 10);
-    if (*port == '\0' || *end != '\0' || p < 0 || p > 65535) return -1;
+    /* digits only (no sign, space or junk), at most 65535 */
+    size_t nd = strspn(port, "0123456789");
+    if (nd == 0 || nd > 5 || port[nd] != '\0') return -1;
+    long p = strtol(port, NULL, 10);
+    if (p > 65535) return -1;
     sa->sin_port = htons((uint16_t)p);
     return 0;
 }
@@ -252,20 +255,19 @@ int cmd_replica(int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         uint64_t v;
-        if (strcmp(a, "--poll-ms") == 0 && i + 1 < argc) {
-            if (cli_u64("replica", a, argv[++i], &v)) return 2;
-            if (v == 0 || v > 3600000) return cli_usage("replica", "--poll-ms must be 1..3600000");
+        int takes_value = strcmp(a, "--poll-ms") == 0 || strcmp(a, "--metrics") == 0 ||
+                          strcmp(a, "--checkpoint-frames") == 0 || strcmp(a, "--parallel") == 0;
+        if (takes_value && i + 1 >= argc) return cli_usage("replica", "%s needs a value", a);
+        if (strcmp(a, "--poll-ms") == 0) {
+            if (cli_u64_range("replica", a, argv[++i], 1, 3600000, &v)) return 2;
             o.poll_ms = (int64_t)v;
-        } else if (strcmp(a, "--metrics") == 0 && i + 1 < argc) {
+        } else if (strcmp(a, "--metrics") == 0) {
             metrics = argv[++i];
-        } else if (strcmp(a, "--checkpoint-frames") == 0 && i + 1 < argc) {
-            if (cli_u64("replica", a, argv[++i], &v)) return 2;
-            if (v < 16 || v > 1000000)
-                return cli_usage("replica", "--checkpoint-frames must be 16..1000000");
+        } else if (strcmp(a, "--checkpoint-frames") == 0) {
+            if (cli_u64_range("replica", a, argv[++i], 16, 1000000, &v)) return 2;
             o.ckpt_frames = (uint32_t)v;
-        } else if (strcmp(a, "--parallel") == 0 && i + 1 < argc) {
-            if (cli_u64("replica", a, argv[++i], &v)) return 2;
-            if (v == 0 || v > 64) return cli_usage("replica", "--parallel must be 1..64");
+        } else if (strcmp(a, "--parallel") == 0) {
+            if (cli_u64_range("replica", a, argv[++i], 1, 64, &v)) return 2;
             o.parallel = (int)v;
         } else if (strcmp(a, "--no-sync") == 0) {
             o.no_sync = 1;
@@ -307,6 +309,11 @@ int cmd_replica(int argc, char **argv) {
         if (prc != 0) return cli_usage("replica", "--metrics needs 127.0.0.1:PORT, not \"%s\"", metrics);
     }
     wserr err = {0};
+    /* The URL is checked before anything is created on disk (replica_open
+    ** makes the state directory): a bad URL leaves nothing behind. */
+    store *probe = NULL;
+    if (store_open(url, &probe, &err) != 0) return cli_fail(&err);
+    store_free(probe);
     replica *r = NULL;
     if (replica_open(&o, &r, &err) != 0) return cli_fail(&err);
     metrics_server ms;
@@ -315,7 +322,9 @@ int cmd_replica(int argc, char **argv) {
         replica_close(r);
         return 1;
     }
-    fprintf(stderr, "walship replica: following %s into %s\n", url, path);
+    char shown[1024];
+    ws_redact_url(shown, sizeof shown, url);
+    fprintf(stderr, "walship replica: following %s into %s\n", shown, path);
     int rc = replica_run(r, &stop_requested, &err);
     metrics_stop(&ms);
     replica_close(r);

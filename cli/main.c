@@ -5,6 +5,7 @@
 ** arguments, calls one library entry point and prints the outcome. Errors go
 ** to stderr as one sentence that names the problem and the fix.
 */
+#include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,6 +13,7 @@
 
 #include "cli.h"
 #include "common/log.h"
+#include "common/util.h"
 #include "walship.h"
 
 static void usage(FILE *out) {
@@ -21,10 +23,13 @@ static void usage(FILE *out) {
             "usage: walship COMMAND [ARGS]\n"
             "\n"
             "commands:\n"
-            "  restore URL -o PATH [--txid N | --time T] [--force] [--parallel N]\n"
+            "  restore URL -o PATH [--txid N | --time T] [--generation ID] [--force]\n"
+            "          [--parallel N] [--no-check] [--quiet]\n"
             "                        rebuild the database as of the latest transaction,\n"
             "                        transaction N, or time T (RFC 3339, e.g.\n"
-            "                        2026-11-26T09:30:00Z)\n"
+            "                        2026-11-26T09:30:00Z); the result must pass PRAGMA\n"
+            "                        quick_check (--no-check: skip); --force replaces\n"
+            "                        PATH, never while a process has it open\n"
             "  generations URL       list what the store holds\n"
             "  verify URL [--txid N | --time T]\n"
             "                        full restore to a temporary file, every checksum,\n"
@@ -46,28 +51,60 @@ static void usage(FILE *out) {
             walship_version());
 }
 
+/* Every message the CLI prints about an error goes through here: it may
+** quote a URL the user gave, and a URL's credentials are never printed. */
+static void print_error(const char *prefix, const char *msg) {
+    char clean[2048];
+    ws_redact_url(clean, sizeof clean, msg);
+    fprintf(stderr, "%s%s\n", prefix, clean);
+}
+
 int cli_fail(const wserr *err) {
-    fprintf(stderr, "walship: %s\n", err->msg[0] ? err->msg : walship_strerror(err->code));
+    print_error("walship: ", err->msg[0] ? err->msg : walship_strerror(err->code));
     return 1;
 }
 
 int cli_usage(const char *cmd, const char *fmt, ...) {
+    char msg[1536], prefix[64];
     va_list ap;
-    fprintf(stderr, "walship %s: ", cmd);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    fprintf(stderr, " (run \"walship help\")\n");
+    snprintf(prefix, sizeof prefix, "walship %s: ", cmd);
+    size_t len = strlen(msg);
+    snprintf(msg + len, sizeof msg - len, " (run \"walship help\")");
+    print_error(prefix, msg);
     return 2;
 }
 
+int cli_u64_range(const char *cmd, const char *opt, const char *s, uint64_t min, uint64_t max,
+                  uint64_t *out) {
+    uint64_t v = 0;
+    int ok = s != NULL && *s != '\0';
+    for (const char *p = s; ok && *p; p++) {
+        unsigned d = (unsigned)(*p - '0');
+        if (d > 9 || v > (UINT64_MAX - d) / 10)
+            ok = 0; /* not a digit (signs, spaces, junk), or more than UINT64_MAX */
+        else
+            v = v * 10 + d;
+    }
+    if (ok && v >= min && v <= max) {
+        *out = v;
+        return 0;
+    }
+    const char *given = s ? s : "";
+    const char *more = strlen(given) > 40 ? "..." : "";
+    if (min == 0 && max == UINT64_MAX)
+        return cli_usage(cmd, "%s needs a whole number (digits only, at most %" PRIu64
+                              "), not \"%.40s%s\"",
+                         opt, max, given, more);
+    return cli_usage(cmd, "%s needs a whole number from %" PRIu64 " to %" PRIu64
+                          ", not \"%.40s%s\"",
+                     opt, min, max, given, more);
+}
+
 int cli_u64(const char *cmd, const char *opt, const char *s, uint64_t *out) {
-    char *end;
-    if (s == NULL || *s == '\0' || *s == '-') return cli_usage(cmd, "%s needs a number", opt);
-    unsigned long long v = strtoull(s, &end, 10);
-    if (*end != '\0') return cli_usage(cmd, "%s needs a number, not \"%s\"", opt, s);
-    *out = v;
-    return 0;
+    return cli_u64_range(cmd, opt, s, 0, UINT64_MAX, out);
 }
 
 int main(int argc, char **argv) {

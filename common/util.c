@@ -91,25 +91,47 @@ static int parse_digits(const char **s, int width, int *out) {
     return 0;
 }
 
+static int is_leap(int y) { return (y % 4 == 0 && y % 100 != 0) || y % 400 == 0; }
+
+static int days_in_month(int y, int m) {
+    static const int d[12] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    return m == 2 && is_leap(y) ? 29 : d[m - 1];
+}
+
+/* Days from 1970-01-01 to y-m-d (proleptic Gregorian; H. Hinnant's
+** days_from_civil), with no time_t or time zone involved. */
+static int64_t days_from_civil(int y, int m, int d) {
+    y -= m <= 2;
+    int64_t era = (y >= 0 ? y : y - 399) / 400;
+    int64_t yoe = y - era * 400;
+    int64_t doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+    int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + doe - 719468;
+}
+
+/* RFC 3339 section 5.6, strictly: every field its exact width and in range
+** (the day within its month, leap years included), no leap second (60 is
+** refused: nothing walship records carries one), 1 to 9 fraction digits
+** (kept to the millisecond), "Z" or an offset of at most 23:59. */
 int ws_parse_time(const char *s, int64_t *out_ms) {
     int Y, M, D, h, m, sec, ms = 0;
     const char *p = s;
-    if (parse_digits(&p, 4, &Y) || *p++ != '-' || parse_digits(&p, 2, &M) ||
-        *p++ != '-' || parse_digits(&p, 2, &D) || (*p != 'T' && *p != 't' && *p != ' '))
+    if (s == NULL) return WALSHIP_ERR_INVALID;
+    if (parse_digits(&p, 4, &Y) || *p++ != '-' || parse_digits(&p, 2, &M) || *p++ != '-' ||
+        parse_digits(&p, 2, &D) || (*p != 'T' && *p != 't' && *p != ' '))
         return WALSHIP_ERR_INVALID;
     p++;
-    if (parse_digits(&p, 2, &h) || *p++ != ':' || parse_digits(&p, 2, &m) ||
-        *p++ != ':' || parse_digits(&p, 2, &sec))
+    if (parse_digits(&p, 2, &h) || *p++ != ':' || parse_digits(&p, 2, &m) || *p++ != ':' ||
+        parse_digits(&p, 2, &sec))
+        return WALSHIP_ERR_INVALID;
+    if (M < 1 || M > 12 || D < 1 || D > days_in_month(Y, M) || h > 23 || m > 59 || sec > 59)
         return WALSHIP_ERR_INVALID;
     if (*p == '.') {
         p++;
         int digits = 0;
-        while (*p >= '0' && *p <= '9') {
+        for (; *p >= '0' && *p <= '9'; p++, digits++)
             if (digits < 3) ms = ms * 10 + (*p - '0');
-            digits++;
-            p++;
-        }
-        if (digits == 0) return WALSHIP_ERR_INVALID;
+        if (digits == 0 || digits > 9) return WALSHIP_ERR_INVALID;
         for (; digits < 3; digits++) ms *= 10;
     }
     int offset_min = 0;
@@ -118,24 +140,16 @@ int ws_parse_time(const char *s, int64_t *out_ms) {
     } else if (*p == '+' || *p == '-') {
         int sign = *p == '-' ? -1 : 1, oh, om;
         p++;
-        if (parse_digits(&p, 2, &oh) || *p++ != ':' || parse_digits(&p, 2, &om))
+        if (parse_digits(&p, 2, &oh) || *p++ != ':' || parse_digits(&p, 2, &om) || oh > 23 ||
+            om > 59)
             return WALSHIP_ERR_INVALID;
         offset_min = sign * (oh * 60 + om);
     } else {
         return WALSHIP_ERR_INVALID;
     }
-    if (*p != '\0' || M < 1 || M > 12 || D < 1 || D > 31 || h > 23 || m > 59 || sec > 60)
-        return WALSHIP_ERR_INVALID;
-    struct tm tm = {0};
-    tm.tm_year = Y - 1900;
-    tm.tm_mon = M - 1;
-    tm.tm_mday = D;
-    tm.tm_hour = h;
-    tm.tm_min = m;
-    tm.tm_sec = sec;
-    time_t t = timegm(&tm);
-    if (t == (time_t)-1) return WALSHIP_ERR_INVALID;
-    *out_ms = ((int64_t)t - (int64_t)offset_min * 60) * 1000 + ms;
+    if (*p != '\0') return WALSHIP_ERR_INVALID;
+    int64_t secs = days_from_civil(Y, M, D) * 86400 + (int64_t)h * 3600 + m * 60 + sec;
+    *out_ms = (secs - (int64_t)offset_min * 60) * 1000 + ms;
     return 0;
 }
 
@@ -323,13 +337,89 @@ void ws_json_escape(char *out, size_t n, const char *s) {
     out[o] = '\0';
 }
 
-void ws_redact_url(char *out, size_t n, const char *s) {
-    ws_strlcpy(out, s, n);
-    char *p = out;
-    while ((p = strstr(p, "://")) != NULL) {
-        char *start = p + 3;
-        char *end = start + strcspn(start, "/?&@");
-        if (*end == '@') memmove(start, end + 1, strlen(end + 1) + 1);
-        p = start;
-    }
+/* ---- URL credentials ---------------------------------------------------- */
+/* Credentials hide in URLs as RFC 3986 userinfo, "scheme://user:password@host",
+** also inside a query value (endpoint=http://u:p@host) and percent-encoded
+** there (endpoint=http%3A%2F%2Fu%3Ap%40host). Secrets are not always
+** well-formed: an AWS secret key may hold '/', so "s3://AKIA:abc/def@bucket"
+** counts too (a ':' before the first '/' and an '@' later). The userinfo
+** reaches to the last '@' of the part scanned, so a secret holding '@' is
+** removed whole. Redaction may remove a little more than a secret; it never
+** leaves one. */
+
+static int hexdig(char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
 }
+
+/* Length of the token at p that stands for character c: c itself or its
+** %XX escape; 0 if neither. */
+static size_t url_tok(const char *p, char c) {
+    if (*p == c) return 1;
+    if (p[0] == '%' && hexdig(p[1]) >= 0 && hexdig(p[2]) >= 0 &&
+        (hexdig(p[1]) << 4 | hexdig(p[2])) == (unsigned char)c)
+        return 3;
+    return 0;
+}
+
+/* Length of a scheme separator "://" (any part of it escaped) at p, or 0. */
+static size_t scheme_sep(const char *p) {
+    size_t a = url_tok(p, ':'), b = a ? url_tok(p + a, '/') : 0;
+    size_t c = b ? url_tok(p + a + b, '/') : 0;
+    return c ? a + b + c : 0;
+}
+
+/* Nonzero for a character that ends a URL quoted in text: never part of
+** one unescaped (RFC 3986 appendix C). */
+static int url_end(char c) {
+    return (unsigned char)c <= ' ' || c == '"' || c == '\'' || c == '<' || c == '>' || c == '`';
+}
+
+/* The userinfo at p (just after a scheme separator): its length including
+** the final '@', or 0 if there is none. The part scanned ends at '#', at
+** '?', where the URL ends in text, and, for a URL that is itself a query
+** value (in_query), at '&'. */
+static size_t userinfo_len(const char *p, int in_query) {
+    int slash = 0, colon = 0;
+    size_t at_end = 0, i = 0;
+    while (p[i] && !url_end(p[i]) && p[i] != '#' && p[i] != '?' && !(in_query && p[i] == '&')) {
+        size_t t;
+        if ((t = url_tok(p + i, '@'))) {
+            if (!slash || colon) at_end = i + t;
+        } else if ((t = url_tok(p + i, '/'))) {
+            slash = 1;
+        } else if ((t = url_tok(p + i, ':'))) {
+            if (!slash) colon = 1;
+        } else {
+            t = 1;
+        }
+        i += t;
+    }
+    return at_end;
+}
+
+/* Copies s into out (size n, may be 0 to only look), leaving out every
+** userinfo. Returns the number of userinfo parts found. */
+static int redact(char *out, size_t n, const char *s) {
+    size_t o = 0;
+    int found = 0, in_query = 0;
+    for (size_t i = 0; s[i];) {
+        size_t sep = scheme_sep(s + i), u = 0;
+        if (sep) u = userinfo_len(s + i + sep, in_query);
+        if (sep == 0) sep = 1; /* copy one character */
+        if (s[i] == '?') in_query = 1;
+        if (url_end(s[i])) in_query = 0; /* the next URL in a message starts afresh */
+        for (size_t k = 0; k < sep; k++, o++)
+            if (o + 1 < n) out[o] = s[i + k];
+        i += sep + u;
+        found += u > 0;
+    }
+    if (n) out[o < n ? o : n - 1] = '\0';
+    return found;
+}
+
+void ws_redact_url(char *out, size_t n, const char *s) { redact(out, n, s ? s : ""); }
+
+int ws_url_has_credentials(const char *s) { return s && redact(NULL, 0, s) > 0; }

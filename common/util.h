@@ -64,8 +64,11 @@ void ws_sleep_ms(int64_t ms);
 
 /* Formats ms since the epoch as "2026-11-26T09:30:00.123Z" into out (>= 32 bytes). */
 void ws_format_time(int64_t ms, char *out, size_t outlen);
-/* Parses RFC 3339 UTC ("2026-11-26T09:30:00Z", optional ".fff", or a
-** "+hh:mm" offset) into ms since the epoch. Returns 0 or WALSHIP_ERR_INVALID. */
+/* Parses an RFC 3339 time ("2026-11-26T09:30:00Z", optional ".fff" of 1
+** to 9 digits, "Z" or a "+hh:mm"/"-hh:mm" offset) into ms since the epoch.
+** Strict: a date that does not exist (2026-02-30), an hour, minute, second
+** (60 included) or offset out of range, or anything after the time is
+** WALSHIP_ERR_INVALID and *out_ms is left alone. Returns 0 or that. */
 int ws_parse_time(const char *s, int64_t *out_ms);
 
 /* ---- hashing ---------------------------------------------------------- */
@@ -99,8 +102,13 @@ int ws_strlcpy(char *dst, const char *src, size_t n);
 ** backslashes escaped, control characters as \u00XX; truncated to fit. */
 void ws_json_escape(char *out, size_t n, const char *s);
 
-/* Copies s into out (size n) without the "user:password@" of any URL in it,
-** for status output and logs. */
+/* Copies s into out (size n, truncated to fit) without the userinfo
+** ("user:password@") of any URL in it, including URLs inside query values
+** and percent-encoded ones, for messages, status output and logs. Every
+** message that shows a URL a user gave shows it through this. */
 void ws_redact_url(char *out, size_t n, const char *s);
+/* Nonzero if ws_redact_url would remove something from s: a URL in it
+** carries credentials. */
+int ws_url_has_credentials(const char *s);
 
 #endif

@@ -15,6 +15,9 @@
 #ifndef WS_RESTORE_H
 #define WS_RESTORE_H
 
+#include <limits.h>
+#include <signal.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "../common/err.h"
@@ -70,11 +73,42 @@ typedef struct restore_opts {
     const char *url;
     const char *out_path;
     restore_target target;
-    int force;
+    int force;     /* replace an existing output (refused while it is open anywhere) */
     int parallel;  /* download threads; 0 = default (8) */
     int progress;  /* draw a progress bar on stderr if it is a terminal */
+    /* Judges the built database before it is put in place (the library
+    ** calls no SQLite; the CLI runs PRAGMA quick_check here). Called on the
+    ** synced temporary file; returns 0 if it is sound, otherwise nonzero
+    ** with one sentence in msg (size n). NULL: no check. */
+    int (*check)(void *ctx, const char *tmp_path, char *msg, size_t n);
+    void *check_ctx;
+    /* Files a signal handler may remove while ws_restore runs (NULL: none
+    ** published). ws_restore writes a path completely, then sets its flag
+    ** (with a signal fence between), and clears the flag before the path
+    ** stops being its own. A handler that sees a flag set may unlink(2)
+    ** that path and _exit: tmp is the unfinished database, lock the claim
+    ** on the output (see ws_restore). */
+    struct restore_sigfiles {
+        volatile sig_atomic_t tmp_set, lock_set;
+        char tmp[PATH_MAX];
+        char lock[PATH_MAX];
+    } *sigfiles;
 } restore_opts;
 
+/* Restores o->target from o->url into o->out_path. Before anything is
+** downloaded: the output path is checked (not empty, not a directory or
+** other non-file, its directory exists; an existing output, or a -wal or
+** -journal beside it, needs force), the URL is opened, the output is
+** claimed (<out>.walship-lock, flock: a second restore to the same output
+** fails at once with WALSHIP_ERR_BUSY naming the first one's pid; temp files
+** of restores that died are removed), and with force the existing database
+** must not be open in any process (SQLite's own locks; WALSHIP_ERR_BUSY
+** naming the holder). The database is built in <out>.walship-tmp-XXXXXX,
+** every checksum verified, synced and passed to o->check; only then is it
+** renamed into place, the -wal/-shm/-journal of the replaced database moved
+** aside first and removed after (put back if the rename fails). On any
+** failure the output and the files beside it are as they were and no temp
+** file is left. Returns 0 and fills res, or a walship_err with err set. */
 int ws_restore(const restore_opts *o, restore_result *res, wserr *err);
 
 /* Reads a snapshot's footer with one ranged request. */

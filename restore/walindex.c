@@ -154,9 +154,14 @@ static uint32_t frame_block(uint32_t f) {
 static int hash_get(wal_appender *a, uint32_t block, int extend, hashloc *l, wserr *err) {
     volatile uint32_t *r = region(a, block, extend, err);
     if (r == NULL) {
-        if (err && err->code == 0)
+        /* Nonzero on every path, so callers may rely on *l being set when 0
+        ** is returned (region() may or may not have recorded a reason). */
+        int code = err ? err->code : 0;
+        if (code == 0) {
             wserr_set(err, WALSHIP_ERR_CORRUPT, "wal-index block %u is missing", block);
-        return err ? err->code : WALSHIP_ERR_CORRUPT;
+            code = WALSHIP_ERR_CORRUPT;
+        }
+        return code;
     }
     l->block = block;
     l->hash = (volatile uint16_t *)(r + HASH_OFFSET_WORDS);

@@ -1,8 +1,15 @@
 /*
 ** store.c -- URL dispatch, argument checks and helpers shared by the
 ** backends. The backends (store_file.c, store_s3.c) do the work.
+**
+** A URL with credentials in it (user:password@, anywhere, also inside a
+** query value or percent-encoded) is refused here, before a backend sees
+** it, and every message about a URL shows it through ws_redact_url: no
+** secret a user put in a URL reaches an error message or a log.
 */
 #include "store_impl.h"
+
+#include "../common/util.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -13,14 +20,39 @@
     "accepted forms: s3://BUCKET[/PREFIX][?endpoint=URL&region=REGION] or "    \
     "file:///ABSOLUTE/DIR"
 
+/* Removes the userinfo of any URL from the message in err (a backend may
+** quote what it was given). */
+static void redact_msg(wserr *err) {
+    if (err == NULL || !ws_url_has_credentials(err->msg)) return;
+    char clean[sizeof err->msg];
+    ws_redact_url(clean, sizeof clean, err->msg);
+    memcpy(err->msg, clean, sizeof clean);
+}
+
 int store_open(const char *url, store **out, wserr *err) {
     *out = NULL;
     if (url == NULL || *url == '\0')
         return wserr_set(err, WALSHIP_ERR_INVALID, "no store URL given; " ACCEPTED_FORMS);
-    if (strncmp(url, "s3://", 5) == 0) return store_s3_open(url, out, err);
-    if (strncmp(url, "file://", 7) == 0) return store_file_open(url, out, err);
-    return wserr_set(err, WALSHIP_ERR_INVALID, "unsupported store URL \"%.200s\"; " ACCEPTED_FORMS,
-                     url);
+    /* Refused before any backend sees it, so no message can quote a secret;
+    ** the URL is shown without it. */
+    char shown[512];
+    ws_redact_url(shown, sizeof shown, url);
+    if (ws_url_has_credentials(url))
+        return wserr_set(err, WALSHIP_ERR_INVALID,
+                         "the store URL \"%.200s\" has credentials in it (user:password@, not "
+                         "shown); walship never takes them from a URL: remove them (S3 "
+                         "credentials come from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)",
+                         shown);
+    int rc;
+    if (strncmp(url, "s3://", 5) == 0)
+        rc = store_s3_open(url, out, err);
+    else if (strncmp(url, "file://", 7) == 0)
+        rc = store_file_open(url, out, err);
+    else
+        rc = wserr_set(err, WALSHIP_ERR_INVALID, "unsupported store URL \"%.200s\"; " ACCEPTED_FORMS,
+                       shown);
+    if (rc) redact_msg(err);
+    return rc;
 }
 
 void store_free(store *s) {

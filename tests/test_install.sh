@@ -4,7 +4,13 @@
 #     `pkg-config --cflags --libs walship` links and runs against it;
 #   * walship.so reaches SQLite only through the extension routine table:
 #     it has no undefined sqlite3_* symbols and links no libsqlite3;
-#   * the extension loads into the sqlite3 shell and registers the VFS.
+#   * the extension loads into the sqlite3 shell and registers the VFS: a
+#     database opened through it ships a transaction to a file:// store
+#     (walship_flush, PRAGMA walship_status, the snapshot object), and one
+#     opened with no destination is refused by walship itself (not "no
+#     such vfs", which is what an extension that never loaded gives).
+#     The shell opens its database before it runs -cmd, so the extension is
+#     loaded into :memory: first and the database opened with .open.
 # ctest-labels: unit
 # ctest-timeout: 120
 set -euo pipefail
@@ -55,9 +61,30 @@ fi
 if ldd "$ext" | grep -q libsqlite3; then echo "walship.so links libsqlite3"; exit 1; fi
 nm -D --defined-only "$ext" | grep -q ' sqlite3_walship_init$'
 
-out=$(printf '.load %s\nSELECT name FROM pragma_function_list WHERE 0;\n' "${ext%.so}" |
-      LD_PRELOAD=$preload sqlite3 :memory: 2>&1) || { echo "$out"; exit 1; }
-# A database opened through the VFS with no destination is refused, loudly.
-err=$(LD_PRELOAD=$preload sqlite3 -cmd ".load ${ext%.so}" "file:$tmp/x.db?vfs=walship" "CREATE TABLE t(x)" 2>&1 || true)
-echo "$err" | grep -qi "unable to open" || { echo "expected a refusal, got: $err"; exit 1; }
+# shell SCRIPT -- runs SCRIPT (lines) in the sqlite3 shell with walship.so
+# loaded first, stopping at the first error; stdout and stderr together.
+shell() {
+    printf '.load %s\n%s\n' "$ext" "$1" | (cd "$tmp" && LD_PRELOAD=$preload sqlite3 -bail :memory: 2>&1)
+}
+out=$(shell '.vfslist') || { echo "loading walship.so failed: $out"; exit 1; }
+grep -q '^vfs.zName *= "walship"$' <<<"$out" || { echo "walship.so registered no walship VFS: $out"; exit 1; }
+# Used: a transaction through the VFS reaches the store.
+out=$(shell ".open file:$tmp/x.db?vfs=walship&walship_url=file://$tmp/store
+CREATE TABLE t(x); INSERT INTO t VALUES (42);
+SELECT 'flushed=' || walship_flush(30000);
+PRAGMA walship_status;") || { echo "shipping through walship.so failed: $out"; exit 1; }
+grep -q '^flushed=1$' <<<"$out" || { echo "walship_flush did not report the upload: $out"; exit 1; }
+grep -Eq '"shipped_txid":[1-9]' <<<"$out" || { echo "PRAGMA walship_status: $out"; exit 1; }
+ls "$tmp"/store/generations/*/snapshots/*.snap >/dev/null 2>&1 ||
+    { echo "nothing reached the store:"; find "$tmp/store"; exit 1; }
+# A database opened through the VFS with no destination is refused, loudly,
+# by walship (the VFS exists: the refusal is not "no such vfs").
+# (The shell's exit status says nothing here: a failed .open does not stop it.)
+out=$(shell ".open file:$tmp/y.db?vfs=walship
+CREATE TABLE t(x);") || true
+if ! grep -qi "unable to open" <<<"$out" || grep -qi "no such vfs" <<<"$out" ||
+    [[ -s $tmp/y.db ]]; then
+    echo "expected walship to refuse a database with no destination, got: $out"
+    exit 1
+fi
 echo "install, pkg-config and extension checks passed"
