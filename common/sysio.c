@@ -147,13 +147,18 @@ static int shadow_name(const char *path, char *out, size_t n) {
     return snprintf(out, n, "%s" SHADOW_SFX, path) >= (int)n ? -1 : 0;
 }
 
-/* The shadow of path becomes its first len bytes now (fd open on path). */
-static void shadow_capture(int fd, const char *path) {
+/* The shadow of path becomes the bytes of src (a file name) now. */
+static void shadow_capture(const char *src, const char *path) {
     char sh[PATH_MAX], tmp[PATH_MAX + 16];
     if (shadow_name(path, sh, sizeof sh) || snprintf(tmp, sizeof tmp, "%s.tmp", sh) >= (int)sizeof tmp)
         return;
+    int fd = open(src, O_RDONLY | O_CLOEXEC); /* the caller's may be write-only */
+    if (fd < 0) return;
     int out = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (out < 0) return;
+    if (out < 0) {
+        close(fd);
+        return;
+    }
     char buf[65536];
     off_t off = 0;
     for (;;) {
@@ -162,6 +167,7 @@ static void shadow_capture(int fd, const char *path) {
         if (write(out, buf, (size_t)r) != r) break;
         off += r;
     }
+    close(fd);
     close(out);
     rename(tmp, sh);
 }
@@ -188,20 +194,19 @@ static void shadow_move(const char *from, const char *to, int copy) {
         if (rename(a, b) != 0) unlink(b);
         return;
     }
-    int in = open(a, O_RDONLY | O_CLOEXEC);
-    if (in < 0) {
+    if (access(a, F_OK) != 0) {
         unlink(b);
         return;
     }
-    shadow_capture(in, to);
-    close(in);
+    shadow_capture(a, to);
 }
 
 /* ---- the calls ------------------------------------------------------------------- */
 int ws_sys_open(const char *path, int flags, mode_t mode) {
     if (!on()) return open(path, flags, mode);
     int existed = access(path, F_OK) == 0;
-    if ((flags & O_CREAT) && fault(OP_CREATE, path) != 0) return -1;
+    /* Creating a file needs room; opening one that exists does not. */
+    if ((flags & O_CREAT) && !existed && fault(OP_CREATE, path) != 0) return -1;
     int fd = open(path, flags, mode);
     if (fd >= 0 && under_powerloss(path) && ((flags & O_TRUNC) || !existed))
         shadow_resize(path, 0, 1);
@@ -216,7 +221,7 @@ static int sync_common(int fd, int data_only) {
     int rc = data_only ? fdatasync(fd) : fsync(fd);
     struct stat st;
     if (rc == 0 && have && under_powerloss(path) && fstat(fd, &st) == 0 && S_ISREG(st.st_mode))
-        shadow_capture(fd, path);
+        shadow_capture(path, path);
     return rc;
 }
 

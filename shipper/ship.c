@@ -1747,6 +1747,24 @@ static void check_spool_limit(shipper *sh, const wserr *upload_err) {
     enter_discard(sh, DISCARD_LIMIT, why);
 }
 
+/* The spool's disk is full. Everything local needs space, but uploading
+** what is queued frees it and needs none: every queued object the durable
+** state already covers goes now (the others are the state's redo log and
+** stay), so a full disk drains as soon as the store takes the objects. */
+static void upload_to_free_space(shipper *sh) {
+    ship_state *ss = &sh->ss;
+    wserr e = {0};
+    if (ss->st == NULL) return;
+    if (ss->nqueue == 0 &&
+        (shipstate_peek(spool_path(sh->sp), &ss->rec) != 0 || load_queue(sh, &e) != 0))
+        return;
+    uint64_t before = ss->queue_bytes;
+    upload_queue(sh, ws_mono_ms() + 5000, &e);
+    if (ss->queue_bytes < before)
+        WS_WARN("disk_full_upload", "db=%s freed_bytes=%" PRIu64 " still_queued=%d", sh->db_path,
+                before - ss->queue_bytes, ss->nqueue);
+}
+
 /* ---- the step ------------------------------------------------------------------- */
 int64_t ship_step(shipper *sh) {
     ship_state *ss = &sh->ss;
@@ -1768,6 +1786,7 @@ int64_t ship_step(shipper *sh) {
         if (rc0 == WALSHIP_ERR_OWNER) {
             enter_discard(sh, DISCARD_OWNER, err.msg);
         } else if (rc0 != 0) {
+            if (err.code == WALSHIP_ERR_NOSPACE) upload_to_free_space(sh);
             reset_volatile(sh);
             int64_t next = fail_backoff(sh, &err);
             publish_status(sh);
@@ -1798,6 +1817,7 @@ int64_t ship_step(shipper *sh) {
         /* Local failure (disk, memory, a corrupt spool): drop what is not
         ** durable and start again from the state file. */
         WS_ERROR("ship_reset", "db=%s err=\"%s\"", sh->db_path, err.msg);
+        if (err.code == WALSHIP_ERR_NOSPACE) upload_to_free_space(sh);
         reset_volatile(sh);
         ss->phase = PH_INIT;
         int64_t next = fail_backoff(sh, &err);

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -181,6 +182,11 @@ pid_t child_spawn(const char *const args[]) {
     int rc = posix_spawn(&pid, "/proc/self/exe", NULL, NULL, argv, environ);
     if (rc != 0) ws_test_fail(__FILE__, __LINE__, "posix_spawn failed: %d", rc);
     return pid;
+}
+
+void child_die_with_parent(void) {
+    pid_t parent = getppid();
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent) _exit(1);
 }
 
 pid_t child_start(int (*fn)(void *), void *arg) {

@@ -48,6 +48,10 @@ void db_txid_range(const char *url, uint64_t *first, uint64_t *last);
 ** program name is added). Returns its pid. */
 pid_t child_spawn(const char *const args[]);
 
+/* Called first thing by a child started with child_spawn: it is killed
+** when the test process dies (a failed check must not leave it running). */
+void child_die_with_parent(void);
+
 /* Forks a child running fn(arg); returns its pid. The child exits with
 ** fn's return value (and never returns from here). */
 pid_t child_start(int (*fn)(void *), void *arg);

@@ -381,6 +381,7 @@ static void case_rounds(void) {
 }
 
 int main(int argc, char **argv) {
+    if (argc > 1) child_die_with_parent();
     if (argc > 1 && strcmp(argv[1], "walwriter") == 0) return walwriter_main(argv);
     if (argc > 1 && strcmp(argv[1], "plainwriter") == 0) return plainwriter_main(argv);
     if (argc > 1 && strcmp(argv[1], "resume") == 0) return resume_main(argv);
