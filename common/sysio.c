@@ -13,6 +13,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -91,7 +92,20 @@ bad:
     fprintf(stderr, "walship: WALSHIP_FAULTS: ignoring a malformed rule\n");
 }
 
+static char kill_point[64];
+static _Atomic long kill_left;
+
 static void init(void) {
+    const char *k = getenv("WALSHIP_KILL_AT");
+    if (k && *k) {
+        const char *c = strchr(k, ':');
+        size_t n = c ? (size_t)(c - k) : strlen(k);
+        if (n < sizeof kill_point) {
+            memcpy(kill_point, k, n);
+            kill_point[n] = '\0';
+            atomic_store(&kill_left, c ? strtol(c + 1, NULL, 10) : 1);
+        }
+    }
     const char *f = getenv("WALSHIP_FAULTS");
     if (f && *f) {
         char *copy = strdup(f);
@@ -102,13 +116,24 @@ static void init(void) {
     }
     const char *p = getenv("WALSHIP_POWERLOSS_DIR");
     if (p && *p) snprintf(powerloss_dir, sizeof powerloss_dir, "%s", p);
-    atomic_store(&active, nrules > 0 || powerloss_dir[0] != '\0');
+    atomic_store(&active, nrules > 0 || powerloss_dir[0] != '\0' || kill_point[0] != '\0');
 }
 
 static int on(void) {
     pthread_once(&once, init);
     return atomic_load_explicit(&active, memory_order_relaxed);
 }
+
+void ws_kill_point(const char *point) {
+    if (!on() || kill_point[0] == '\0' || strcmp(point, kill_point) != 0) return;
+    if (atomic_fetch_sub(&kill_left, 1) == 1) {
+        static const char msg[] = "walship: WALSHIP_KILL_AT reached\n";
+        ssize_t w = write(STDERR_FILENO, msg, sizeof msg - 1);
+        (void)w;
+        raise(SIGKILL);
+    }
+}
+
 
 static int fd_path(int fd, char *out, size_t n) {
     char link[64];

@@ -52,4 +52,11 @@ int ws_sys_write_fault(int fd, size_t n, size_t *short_len);
 ** (see POWER LOSS). Returns the number of files changed, or -1. */
 int ws_powerloss_apply(const char *dir);
 
+/* KILL POINTS. With WALSHIP_KILL_AT=POINT[:N], the Nth time (default the
+** first) this process reaches ws_kill_point(POINT) it SIGKILLs itself, so a
+** test can stop walship exactly between a record and the action it
+** announces (the points are listed in docs/ARCHITECTURE.md section 3.2).
+** Unset, it costs one relaxed atomic load. */
+void ws_kill_point(const char *point);
+
 #endif

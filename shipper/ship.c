@@ -469,6 +469,7 @@ static int revive_wal(shipper *sh, uint32_t s1, uint32_t s2) {
         if (ss->cur.flags & WS_WALPOS_ENDED) {
             ss->cur.flags &= ~WS_WALPOS_ENDED;
             memset(&ss->rec.end_id, 0, sizeof ss->rec.end_id);
+            WS_INFO("wal_revived", "db=%s salt1=%08x how=\"its end never happened\"", sh->db_path, s1);
         }
         return 1;
     }
@@ -486,6 +487,8 @@ static int revive_wal(shipper *sh, uint32_t s1, uint32_t s2) {
             ss->big_endian = (ss->cur.flags & WS_WALPOS_BIGEND) != 0;
             ss->nbegun = i; /* those begun after it never were */
             ss->nwm = 0;
+            WS_INFO("wal_revived", "db=%s salt1=%08x how=\"begun earlier; its successor never was\"",
+                    sh->db_path, s1);
             return 1;
         }
     }
@@ -501,6 +504,8 @@ static int revive_wal(shipper *sh, uint32_t s1, uint32_t s2) {
         ss->have_prev = 0;
         ss->nbegun = 0;
         memset(&ss->rec.end_id, 0, sizeof ss->rec.end_id);
+        WS_INFO("wal_revived", "db=%s salt1=%08x how=\"the begin after it never happened\"",
+                sh->db_path, s1);
         return 1;
     }
     if (cur_empty && !(s1 == ss->prev.salt1 && s2 == ss->prev.salt2)) {
@@ -518,6 +523,7 @@ static int revive_wal(shipper *sh, uint32_t s1, uint32_t s2) {
         if (ok) {
             ship_start_wal(ss, &h);
             ss->nbegun = 0;
+            WS_INFO("wal_revived", "db=%s salt1=%08x how=\"the WAL in the file\"", sh->db_path, s1);
             return 1;
         }
     }
@@ -846,6 +852,7 @@ static int close_segment(shipper *sh, wserr *err) {
     ss->seg_fd = -1;
     rc = ship_enqueue(sh, tmp, &q, err);
     if (rc) return rc;
+    ws_kill_point("seg_queued"); /* start-up must redo it into the page hashes */
     return ship_save_state(sh, err);
 }
 
@@ -885,6 +892,7 @@ static int sync_point(shipper *sh, wserr *err) {
     ss->seg_synced_ntx = seg_writer_ntx(ss->segw);
     ss->seg_synced_mono = ws_mono_ms();
     spool_shipped_set(sh->sp, r.pos.salt1, r.pos.salt2, r.pos.frame);
+    ws_kill_point("seg_synced"); /* start-up must recover seg.tmp */
     return 0;
 }
 
@@ -1001,6 +1009,7 @@ static int upload_queue(shipper *sh, int64_t deadline, wserr *err) {
         int rc = store_put_fd(ss->st, key, fd, 0, err);
         close(fd);
         if (rc) return rc;
+        ws_kill_point("uploaded"); /* uploaded again after a restart: it overwrites itself */
         WS_DEBUG("uploaded", "db=%s key=%s bytes=%" PRIu64, sh->db_path, key, q->bytes);
         unlink(path);
         if (q->last_txid > ss->shipped_txid || q->generation != ss->rec.generation)
@@ -1375,6 +1384,8 @@ static int start_up(shipper *sh, wserr *err) {
     if (ss->resume.seq != rec.pos.log_seq || ss->resume.off != rec.pos.log_off) {
         memset(&ss->rec.end_id, 0, sizeof ss->rec.end_id);
         ss->have_prev = 0;
+        WS_INFO("state_redone", "db=%s from_txid=%" PRIu64 " to_txid=%" PRIu64, sh->db_path,
+                rec.txid, ss->next_txid - 1);
     }
     if (ws_rolling_recompute(&ss->hs.r) != ss->hs.r.chk) {
         WS_DEBUG("state_mismatch",

@@ -648,6 +648,7 @@ int snapjob_step(shipper *sh, wserr *err) {
         free(hashes);
         goto fail;
     }
+    ws_kill_point(j->genstart ? "genstart_queued" : "snap_queued");
     if (j->genstart) {
         ss->gen = j->gen;
         ss->next_txid = txid + 1;

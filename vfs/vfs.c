@@ -52,6 +52,7 @@
 #include <unistd.h>
 
 #include "../common/log.h"
+#include "../common/sysio.h"
 #include "../common/util.h"
 #include "../format/spoolrec.h"
 #include "../format/wal.h"
@@ -302,6 +303,7 @@ static int on_wal_header(ws_file *w, const uint8_t *hdrbuf) {
     if (open_wal_salts(db, &src, &s1, &s2) == 0 && (s1 != nh.salt1 || s2 != nh.salt2)) {
         int rc = materialize(db, &src, s1, s2, committed_mx(db, s1, s2), SPOOL_END_RESTART);
         if (rc != SQLITE_OK) return rc;
+        ws_kill_point("wal_end");
     }
     uint8_t rec[SPOOL_REC_OVERHEAD + SPOOL_BEGIN_PAYLOAD];
     spool_dbid id;
@@ -322,6 +324,7 @@ static int on_wal_header(ws_file *w, const uint8_t *hdrbuf) {
     wi.cur_state = SPOOL_WAL_OPEN;
     spool_walinfo_set(sp, &wi);
     dbfile_note(db->sh); /* a journal-mode switch may have written page 1 */
+    ws_kill_point("wal_begin");
     return SQLITE_OK;
 }
 
@@ -339,7 +342,9 @@ static int on_wal_truncate(ws_file *w, sqlite3_int64 size) {
     uint32_t mx = committed_mx(db, s1, s2);
     if (size >= (sqlite3_int64)wal_frame_offset(mx + 1, h.page_size) && size >= WAL_HDR_SIZE)
         return SQLITE_OK; /* cuts only frames that are not committed */
-    return materialize(db, &src, s1, s2, mx, SPOOL_END_TRUNCATE);
+    int rc = materialize(db, &src, s1, s2, mx, SPOOL_END_TRUNCATE);
+    if (rc == SQLITE_OK) ws_kill_point("wal_truncate");
+    return rc;
 }
 
 /* The WAL at wal_path is about to be deleted (last connection closing). */
@@ -360,6 +365,7 @@ static int on_wal_delete(shipper *sh, const char *wal_path) {
     if (open_wal_salts(&tmp, &src, &s1, &s2) == 0)
         rc = materialize(&tmp, &src, s1, s2, committed_mx(&tmp, s1, s2), SPOOL_END_DELETE);
     close(fd);
+    if (rc == SQLITE_OK) ws_kill_point("wal_delete");
     return rc;
 }
 

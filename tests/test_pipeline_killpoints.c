@@ -1,0 +1,213 @@
+/*
+** test_pipeline_killpoints.c -- SIGKILL at each place where walship has
+** recorded something it has not done yet, deterministically
+** (WALSHIP_KILL_AT, common/sysio.h), so every crash-recovery rule of
+** docs/ARCHITECTURE.md section 3.2 is exercised in every run:
+**
+**   wal_end, wal_begin  a WAL restart recorded (end; then the next begin),
+**                       the header not written
+**   wal_truncate        a TRUNCATE checkpoint's end recorded, the WAL not cut
+**   wal_delete          the last close's end recorded, the WAL not deleted
+**   seg_synced          a segment's durability point made and published to
+**                       the VFS: start-up must recover seg.tmp
+**   seg_queued          a segment queued, the state not saved: start-up
+**                       must redo it into the page hashes
+**   genstart_queued     a generation's first snapshot queued, the state not
+**                       saved: an orphan, never uploaded
+**   snap_queued         a periodic snapshot queued, the state not saved
+**   uploaded            an object stored, not yet removed from the queue
+**
+** For each point a writer (this program again) commits, checkpoints and
+** reopens until the point kills it; then another walship process opens the
+** database, commits and flushes. Checked: every acknowledged row is in the
+** latest restore, which equals the primary and passes integrity_check; the
+** store holds one generation (a SIGKILL never costs continuity); and where
+** the point has its own recovery rule, the resuming process's log shows the
+** rule at work (segment_recovered, state_redone, queue_orphan).
+**
+** ctest-labels: pipeline
+** ctest-timeout: 300
+*/
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/log.h"
+#include "common/util.h"
+#include "dbutil.h"
+#include "harness.h"
+#include "walship.h"
+
+static const char *const OPTS = "walship_ship_interval=2s&walship_snapshot_interval=1s";
+
+/* writer PATH URL FD: commits one row per transaction, telling FD each seq
+** after COMMIT returned; checkpoints now and then, and reopens. Runs until
+** its kill point (WALSHIP_KILL_AT) stops it. */
+static int writer_main(char **argv) {
+    int fd = atoi(argv[4]);
+    sqlite3 *db = db_open_walship(argv[2], argv[3], OPTS);
+    int64_t seq = db_int(db, "SELECT coalesce(max(seq), 0) FROM t");
+    for (int64_t n = 1;; n++) {
+        char sql[128];
+        snprintf(sql, sizeof sql, "INSERT INTO t(seq, pad) VALUES (%" PRId64 ", randomblob(300))",
+                 seq + 1);
+        db_exec(db, sql);
+        seq++;
+        uint64_t v = (uint64_t)seq;
+        if (ws_write_all(fd, &v, sizeof v) != 0) return 1;
+        if (n % 25 == 0) sqlite3_wal_checkpoint_v2(db, "main", SQLITE_CHECKPOINT_RESTART, NULL, NULL);
+        if (n % 60 == 0) sqlite3_wal_checkpoint_v2(db, "main", SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
+        if (n % 150 == 0) {
+            sqlite3_close(db); /* the last close checkpoints and deletes the WAL */
+            db = db_open_walship(argv[2], argv[3], OPTS);
+        }
+        if (n % 10 == 0) ws_sleep_ms(20); /* pacing: segments get durability points */
+    }
+}
+
+static FILE *resume_log;
+static void log_sink(int level, const char *line) {
+    (void)level;
+    fprintf(resume_log, "%s\n", line);
+    fflush(resume_log);
+}
+
+/* resume PATH URL LOG: opens through walship (its log lines go to LOG),
+** commits two rows and flushes; exit 0 if flushed. */
+static int resume_main(char **argv) {
+    resume_log = fopen(argv[4], "w");
+    if (resume_log == NULL) return 2;
+    db_register();
+    ws_log_set_sink(log_sink, WS_LOG_INFO);
+    sqlite3 *db = db_open_walship(argv[2], argv[3], "walship_ship_interval=0");
+    db_exec(db, "INSERT INTO t(seq, pad) SELECT coalesce(max(seq), 0) + 1, randomblob(10) FROM t");
+    db_exec(db, "INSERT INTO t(seq, pad) SELECT coalesce(max(seq), 0) + 1, randomblob(10) FROM t");
+    int fl = walship_flush(argv[2], 60000);
+    if (fl != 1) {
+        char *js = db_status_json(db);
+        fprintf(stderr, "resume: walship_flush returned %d; status %s\n", fl, js);
+        return 1;
+    }
+    sqlite3_close(db);
+    return 0;
+}
+
+static const char *integrity(sqlite3 *db) {
+    static char line[256];
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(db, "PRAGMA integrity_check", -1, &st, NULL) != SQLITE_OK ||
+        sqlite3_step(st) != SQLITE_ROW)
+        snprintf(line, sizeof line, "integrity_check failed: %s", sqlite3_errmsg(db));
+    else
+        snprintf(line, sizeof line, "%s", (const char *)sqlite3_column_text(st, 0));
+    sqlite3_finalize(st);
+    return line;
+}
+
+static void run_point(const char *point, int nth, const char *expect_event) {
+    char dir[3000], path[3100], url[3200], out[3200], logp[3200], kill_at[96], fdarg[16];
+    snprintf(dir, sizeof dir, "%.2900s/%s", ws_test_tmpdir(), point);
+    CHECK_EQ(ws_test_system("mkdir -p '%s'", dir), 0);
+    snprintf(path, sizeof path, "%s/app.db", dir);
+    snprintf(url, sizeof url, "file://%s/store", dir);
+    snprintf(out, sizeof out, "%s/restored.db", dir);
+    snprintf(logp, sizeof logp, "%s/resume.log", dir);
+    sqlite3 *db = db_open_plain(path, 0);
+    db_exec(db, "PRAGMA journal_mode=WAL; CREATE TABLE t(seq INTEGER PRIMARY KEY, pad BLOB);");
+    sqlite3_close(db);
+
+    int p[2];
+    CHECK_EQ(pipe2(p, O_CLOEXEC), 0);
+    CHECK_EQ(fcntl(p[1], F_SETFD, 0), 0);
+    snprintf(fdarg, sizeof fdarg, "%d", p[1]);
+    snprintf(kill_at, sizeof kill_at, "%s:%d", point, nth);
+    setenv("WALSHIP_KILL_AT", kill_at, 1);
+    const char *args[] = {"writer", path, url, fdarg, NULL};
+    pid_t pid = child_spawn(args);
+    unsetenv("WALSHIP_KILL_AT");
+    close(p[1]);
+    uint64_t acked = 0, v;
+    struct pollfd pf = {p[0], POLLIN, 0};
+    int64_t deadline = ws_mono_ms() + 90000;
+    for (;;) {
+        int n = poll(&pf, 1, 1000);
+        if (n > 0) {
+            ssize_t got = read(p[0], &v, sizeof v);
+            if (got == (ssize_t)sizeof v) {
+                acked = v;
+                continue;
+            }
+            if (got == 0) break; /* the writer is gone */
+        }
+        if (ws_mono_ms() > deadline) {
+            kill(pid, SIGKILL);
+            ws_test_fail(__FILE__, __LINE__, "%s: the writer never reached its kill point", point);
+        }
+    }
+    close(p[0]);
+    CHECK_EQ(child_wait(pid), 128 + SIGKILL);
+
+    const char *rargs[] = {"resume", path, url, logp, NULL};
+    int rc = child_wait(child_spawn(rargs));
+    if (rc != 0) ws_test_fail(__FILE__, __LINE__, "%s: the resuming process failed (%d)", point, rc);
+    acked += 2;
+
+    sqlite3 *prim = db_open_plain(path, 0);
+    uint64_t want = db_content_hash(prim);
+    sqlite3_close(prim);
+    char msg[512];
+    if (db_restore(url, out, 0, 0, 0, msg, sizeof msg) != 0)
+        ws_test_fail(__FILE__, __LINE__, "%s: restore: %s", point, msg);
+    sqlite3 *r = db_open_plain(out, 1);
+    const char *ic = integrity(r);
+    if (strcmp(ic, "ok") != 0) ws_test_fail(__FILE__, __LINE__, "%s: damaged restore: %s", point, ic);
+    int64_t max = db_int(r, "SELECT max(seq) FROM t"), cnt = db_int(r, "SELECT count(*) FROM t");
+    if (max < (int64_t)acked || cnt != max)
+        ws_test_fail(__FILE__, __LINE__, "%s: restore has %" PRId64 " rows up to %" PRId64 ", %" PRIu64
+                     " acknowledged", point, cnt, max, acked);
+    if (db_content_hash(r) != want) ws_test_fail(__FILE__, __LINE__, "%s: restore differs", point);
+    sqlite3_close(r);
+    size_t gens = db_generation_count(url);
+    if (gens != 1) ws_test_fail(__FILE__, __LINE__, "%s: %zu generations, expected 1", point, gens);
+    if (expect_event) {
+        wsbuf b = {0};
+        wserr err = {0};
+        CHECK_OK(ws_read_file(logp, 1 << 20, &b, &err), &err);
+        CHECK_OK(wsbuf_append(&b, "", 1), NULL);
+        char needle[96];
+        snprintf(needle, sizeof needle, "event=%s", expect_event);
+        if (strstr((const char *)b.p, needle) == NULL)
+            ws_test_fail(__FILE__, __LINE__, "%s: the resume never showed %s; its log:\n%s", point,
+                         needle, (const char *)b.p);
+        wsbuf_free(&b);
+    }
+    fprintf(stderr, "   %-16s killed after %" PRIu64 " commits%s%s\n", point, acked - 2,
+            expect_event ? ", recovered: " : "", expect_event ? expect_event : "");
+}
+
+int main(int argc, char **argv) {
+    if (argc > 1) child_die_with_parent();
+    if (argc > 1 && strcmp(argv[1], "writer") == 0) return writer_main(argv);
+    if (argc > 1 && strcmp(argv[1], "resume") == 0) return resume_main(argv);
+    ws_test_seed(20261203);
+    static const struct {
+        const char *point;
+        const char *event;
+    } points[] = {{"wal_end", NULL},           {"wal_begin", NULL},
+                  {"wal_truncate", NULL},      {"wal_delete", NULL},
+                  {"seg_synced", "segment_recovered"}, {"seg_queued", "state_redone"},
+                  {"genstart_queued", "queue_orphan"}, {"snap_queued", NULL},
+                  {"uploaded", NULL}};
+    for (size_t i = 0; i < sizeof points / sizeof points[0]; i++) {
+        /* A database has one generation start: kill at the first. */
+        int nth = strcmp(points[i].point, "genstart_queued") == 0 ? 1 : 1 + (int)ws_test_rand_below(3);
+        run_point(points[i].point, nth, points[i].event);
+    }
+    return 0;
+}
