@@ -190,9 +190,11 @@ static void dedupe(catalog *c, cat_gen *g) {
 }
 
 /* Reads a small text record (owner, marker): *found = 0 if absent. */
-static int read_record(store *st, const char *key, ws_owner *o, int *found, wserr *err) {
+static int read_record(store *st, catalog *c, const char *key, ws_owner *o, int *found,
+                       wserr *err) {
     wsbuf b = {0};
     *found = 0;
+    c->ngets++;
     int rc = store_get_range(st, key, 0, OWNER_RECORD_MAX + 1, &b, err);
     if (rc == WALSHIP_ERR_NOTFOUND) {
         wserr_clear(err);
@@ -236,6 +238,7 @@ static int read_footers(store *st, catalog *c, wserr *err) {
         }
     fetcher *f = NULL;
     fetch_opts fo = {.threads = FOOTER_THREADS};
+    c->ngets += nj;
     if (nj > 0 && (rc = fetch_start(st, jobs, nj, &fo, &f, err)) != 0) goto out;
     wsbuf b = {0};
     for (size_t i = 0; i < nj && rc == 0; i++) {
@@ -353,6 +356,7 @@ static void judge_snapshots(catalog *c, cat_gen *g) {
 static int read_seg_header(store *st, catalog *c, cat_seg *s, seg_header *h, wserr *err) {
     wsbuf b = {0};
     wserr e = {0};
+    c->ngets++;
     int rc = store_get_range(st, s->key, 0, SEG_HEADER_SIZE, &b, &e);
     if (rc == 0) rc = seg_parse_header(b.p, b.len, h, &e);
     wsbuf_free(&b);
@@ -428,6 +432,7 @@ int catalog_load(store *st, catalog *out, wserr *err) {
     memset(out, 0, sizeof *out);
     store_objlist l = {0};
     int rc = store_list(st, "generations/", NULL, &l, err);
+    out->nlists = 1 + l.n / 1000;
     for (size_t i = 0; rc == 0 && i < l.n; i++)
         if (take_key(out, &l.items[i]) != 0) rc = wserr_set(err, WALSHIP_ERR_NOMEM, "out of memory");
     store_objlist_free(&l);
@@ -441,7 +446,7 @@ int catalog_load(store *st, catalog *out, wserr *err) {
     }
 
     int found = 0;
-    if ((rc = read_record(st, OWNER_KEY, &out->owner, &found, err)) != 0) {
+    if ((rc = read_record(st, out, OWNER_KEY, &out->owner, &found, err)) != 0) {
         if (rc == WALSHIP_ERR_CORRUPT)
             wserr_prefix(err, "the destination's ownership record \"%s\" is damaged, so nothing in "
                               "the store can be checked against it (put back a good copy, or "
@@ -457,7 +462,7 @@ int catalog_load(store *st, catalog *out, wserr *err) {
         ws_owner m;
         wserr e = {0};
         owner_gen_key(key, sizeof key, g->id);
-        int mrc = read_record(st, key, &m, &found, &e);
+        int mrc = read_record(st, out, key, &m, &found, &e);
         if (mrc == 0 && found) {
             g->db_id = m.db_id;
         } else if (mrc == WALSHIP_ERR_CORRUPT || (mrc == 0 && !found)) {
@@ -489,8 +494,12 @@ int catalog_load(store *st, catalog *out, wserr *err) {
     return 0;
 nomem:
     rc = wserr_set(err, WALSHIP_ERR_NOMEM, "out of memory");
-fail:
+fail: {
+    size_t nl = out->nlists, ng = out->ngets;
     catalog_free(out);
+    out->nlists = nl;
+    out->ngets = ng;
+}
     return rc;
 }
 

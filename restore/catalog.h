@@ -82,6 +82,7 @@ typedef struct catalog {
     size_t nignored_gens;
     size_t nignored; /* objects dropped as not ours (each warned about) */
     size_t ndamaged; /* objects flagged CAT_DAMAGED */
+    size_t nlists, ngets; /* store requests catalog_load made (also set when it fails) */
 } catalog;
 
 /* Lists the store, reads the records and headers above, and builds the

@@ -1229,7 +1229,8 @@ static int load_ident(replica *r, wserr *err) {
     catalog cat = {0};
     int rc = catalog_load(r->st, &cat, err);
     status_lock(r);
-    r->status.list_requests++;
+    r->status.list_requests += cat.nlists;
+    r->status.get_requests += cat.ngets;
     r->status.corrupt_objects += cat.ndamaged;
     if (rc) r->status.store_errors++;
     status_unlock(r);
@@ -1331,7 +1332,8 @@ static int plan_latest(replica *r, catalog *cat, restore_plan *plan, wserr *err)
     restore_target t = {.kind = RESTORE_LATEST};
     int rc = catalog_load(r->st, cat, err);
     status_lock(r);
-    r->status.list_requests++;
+    r->status.list_requests += cat->nlists;
+    r->status.get_requests += cat->ngets;
     r->status.corrupt_objects += cat->ndamaged;
     if (rc) r->status.store_errors++;
     status_unlock(r);
@@ -1909,10 +1911,6 @@ static int follow(replica *r, int64_t *wait_ms, wserr *err) {
     }
     wserr e = {0};
     int rc;
-    if (!r->have_ident && (rc = load_ident(r, &e))) {
-        store_failed(r, &e);
-        return 0;
-    }
     if (r->cursor[0] == '\0' && (rc = relist_generation(r, &e))) {
         store_failed(r, &e);
         return 0;
@@ -2000,6 +1998,12 @@ static int follow(replica *r, int64_t *wait_ms, wserr *err) {
     r->first_unapplied_ms = oldest;
     status_unlock(r);
     if (n == 0) return 0;
+    /* Segments are judged against whose history this is: after a resume,
+    ** learn it now (an idle replica never needs to). */
+    if (!r->have_ident && (rc = load_ident(r, &e))) {
+        store_failed(r, &e);
+        return 0;
+    }
     /* Download the chain in parallel, streaming: each segment is checked the
     ** moment its header arrives and applied as it decodes, so memory stays
     ** bounded whatever the objects' sizes. */

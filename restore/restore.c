@@ -276,6 +276,7 @@ typedef struct builder {
     const cat_seg **chain;
     wserr refusal;     /* the last object refused, for the final message */
     int restart;       /* a refused segment had given transactions: build again without it */
+    int fail_in_tx;    /* the refused segment failed inside a transaction (not at its end) */
     uint8_t *snap_skip; /* per g->snaps: refused snapshots */
     const cat_snap *base; /* the snapshot the image starts from */
 } builder;
@@ -393,6 +394,7 @@ static int tx_commit(builder *b, const seg_event *ev, int *verdict, wserr *err) 
     if (r->chk != ev->post_chk) {
         int direct = b->direct;
         tx_rollback(b);
+        b->fail_in_tx = 1;
         *verdict = direct ? V_FATAL : V_DAMAGED;
         return wserr_set(err, WALSHIP_ERR_CORRUPT,
                          "segment %s: transaction %" PRIu64
@@ -558,6 +560,7 @@ static int apply_segment(builder *b, fetcher *fe, size_t job, const cat_seg *s, 
     b->seg = s;
     b->to = b->p->to_txid;
     b->time_cut = 0;
+    b->fail_in_tx = 0;
     *verdict = V_FATAL;
     while (rc == 0 && state == 0) {
         wserr e = {0};
@@ -588,6 +591,7 @@ static int apply_segment(builder *b, fetcher *fe, size_t job, const cat_seg *s, 
         }
     }
     if (rc && b->in_tx) {
+        b->fail_in_tx = 1;
         if (b->direct && *verdict != V_FATAL) {
             *verdict = V_FATAL;
             wserr_prefix(err, "(a transaction over 16 MiB was part-written, so nothing can stand "
@@ -609,7 +613,11 @@ static int apply_segment(builder *b, fetcher *fe, size_t job, const cat_seg *s, 
 ** plans a chain without it, from where it is possible. Returns 0 when
 ** building can go on (b->restart set if it must start over because s had
 ** already given transactions that now need another source), or the failure,
-** with the refused object's own message first. */
+** with the refused object's own message first and the newest TXID that can
+** be restored: as far as the other segments reach, or as far as s itself
+** goes before the transaction that failed (a restore to a TXID stops
+** reading a segment there; one that failed at its end could not be read to
+** its last transaction). */
 static int route_around(builder *b, const cat_seg *s, uint64_t start, wserr *err) {
     const cat_seg **chain = NULL;
     size_t n = 0;
@@ -618,11 +626,16 @@ static int route_around(builder *b, const cat_seg *s, uint64_t start, wserr *err
     b->seg_skip[s - b->g->segs] = 1;
     int rc = cat_chain(b->g, from, b->p->to_txid, b->seg_skip, &chain, &n, &reached, &e);
     free(chain);
-    if (rc) {
+    if (rc == WALSHIP_ERR_NOTFOUND) {
         wserr_set(err, WALSHIP_ERR_CORRUPT,
                   "%s; no other segment holds transaction %" PRIu64 " of generation %016" PRIx64,
                   b->refusal.msg, reached + 1, b->g->id);
-        return add_restorable(err, WALSHIP_ERR_CORRUPT, reached);
+        uint64_t own = b->txid > start && !b->fail_in_tx ? b->txid - 1 : b->txid;
+        return add_restorable(err, WALSHIP_ERR_CORRUPT, own > reached ? own : reached);
+    }
+    if (rc) {
+        *err = e;
+        return rc;
     }
     if (b->txid > start) {
         WS_WARN("restore_start_over",
