@@ -205,9 +205,20 @@ int restore_plan_make(store *st, const catalog *cat, const restore_target *t, re
     uint64_t want = t->kind == RESTORE_TXID ? t->txid : last;
     int64_t max_ms = t->kind == RESTORE_TIME ? t->time_ms : INT64_MAX;
     if ((rc = pick_snapshot(g, want, max_ms, NULL, &p->snap, err))) return rc;
+    /* A chain as far as the listed objects reach. When something is missing
+    ** or damaged before the target, the plan stops there and building
+    ** fails at that point, naming it, after checking everything before it
+    ** (only then is it known how far a restore can really go). */
     uint64_t reached;
-    if ((rc = cat_chain(g, p->snap->txid, want, NULL, &p->chain, &p->nchain, &reached, err)))
-        return add_restorable(err, rc, reached);
+    int partial = 0;
+    rc = cat_chain(g, p->snap->txid, want, NULL, &p->chain, &p->nchain, &reached, err);
+    if (rc == WALSHIP_ERR_NOTFOUND) {
+        wserr_clear(err);
+        partial = 1;
+        rc = cat_chain(g, p->snap->txid, reached, NULL, &p->chain, &p->nchain, &reached, err);
+    }
+    if (rc) return rc;
+    size_t planned = p->nchain;
     if (t->kind == RESTORE_TIME && p->nchain > 0) {
         /* Keep the segments whose first commit is not after the time:
         ** binary search on their headers. A header that cannot be used
@@ -230,7 +241,7 @@ int restore_plan_make(store *st, const catalog *cat, const restore_target *t, re
         p->to_time_ms = t->time_ms;
     }
     p->to_txid = p->nchain ? p->chain[p->nchain - 1]->last : p->snap->txid;
-    if (t->kind == RESTORE_TXID) p->to_txid = t->txid;
+    if (t->kind != RESTORE_TIME || (partial && p->nchain == planned)) p->to_txid = want;
     p->bytes = p->snap->size;
     for (size_t i = 0; i < p->nchain; i++) p->bytes += p->chain[i]->size;
     return 0;
@@ -660,6 +671,11 @@ static int build_segments(builder *b, wserr *err) {
         size_t n = 0;
         uint64_t reached;
         rc = cat_chain(b->g, b->txid, p->to_txid, b->seg_skip, &chain, &n, &reached, err);
+        if (rc == WALSHIP_ERR_NOTFOUND && reached > b->txid) {
+            /* apply what can be reached; the gap fails the next round */
+            wserr_clear(err);
+            rc = cat_chain(b->g, b->txid, reached, b->seg_skip, &chain, &n, &reached, err);
+        }
         if (rc) return add_restorable(err, rc, reached);
         fetch_job *jobs = calloc(n, sizeof *jobs);
         uint8_t *jobv = calloc(n, 1);
