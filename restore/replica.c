@@ -905,11 +905,16 @@ static int apply_segment(replica *r, const seg_ref *s, fetcher *fe, size_t job, 
         wserr e = {0};
         rc = fetch_read(fe, job, &piece, &eof, &e);
         if (rc) {
+            /* the header check's verdict; else damaged or gone (refused for
+            ** a while), or the store failing (retried) */
             *err = e;
-            *kind = r->jobv[job]                                        ? r->jobv[job]
-                    : rc == WALSHIP_ERR_CORRUPT || rc == WALSHIP_ERR_NOTFOUND ? KIND_CORRUPT
-                                                                            : KIND_STORE;
-            if (!r->jobv[job]) wserr_prefix(err, "download %s", s->key);
+            if (r->jobv[job]) {
+                *kind = r->jobv[job];
+            } else {
+                *kind = rc == WALSHIP_ERR_CORRUPT || rc == WALSHIP_ERR_NOTFOUND ? KIND_CORRUPT
+                                                                               : KIND_STORE;
+                wserr_prefix(err, "download %s", s->key);
+            }
             break;
         }
         seg_stream_feed(ss, piece.p, piece.len, eof);
