@@ -420,7 +420,7 @@ void seg_stream_free(seg_stream *s) {
 static int take_trailer(seg_stream *s, wserr *err) {
     size_t left = s->in_len - s->in_pos, room = SEG_TRAILER_SIZE - s->trl_have;
     size_t k = left < room ? left : room;
-    memcpy(s->trl + s->trl_have, s->in + s->in_pos, k);
+    if (k > 0) memcpy(s->trl + s->trl_have, s->in + s->in_pos, k);
     s->trl_have += k;
     s->in_pos += k;
     if (s->in_pos < s->in_len)
@@ -526,7 +526,7 @@ static int finish(seg_stream *s, wserr *err) {
 static int take_header(seg_stream *s, wserr *err) {
     size_t left = s->in_len - s->in_pos, room = SEG_HEADER_SIZE - s->hdr_have;
     size_t k = left < room ? left : room;
-    memcpy(s->hdr + s->hdr_have, s->in + s->in_pos, k);
+    if (k > 0) memcpy(s->hdr + s->hdr_have, s->in + s->in_pos, k);
     s->hdr_have += k;
     s->in_pos += k;
     if (s->hdr_have < SEG_HEADER_SIZE) {

@@ -486,7 +486,9 @@ int catalog_load(store *st, catalog *out, wserr *err) {
         }
         judge_snapshots(out, g);
         if ((rc = judge_top_segment(st, out, g, err)) != 0) goto fail;
-        if (g->nsnaps == 0 && g->nsegs == 0) {
+        if (g->nsnaps == 0 && g->nsegs == 0) { /* nothing of it was ours */
+            free(g->snaps);
+            free(g->segs);
             memmove(g, g + 1, (out->ngens - i - 1) * sizeof *g);
             out->ngens--;
         }
