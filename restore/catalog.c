@@ -30,7 +30,7 @@
 #include "../common/log.h"
 #include "fetch.h"
 
-#define WHY_MAX 240
+#define WHY_MAX        240
 #define FOOTER_THREADS 8
 
 static void seg_clear(cat_seg *s) {
@@ -46,8 +46,10 @@ static void snap_clear(cat_snap *s) {
 void catalog_free(catalog *c) {
     for (size_t i = 0; i < c->ngens; i++) {
         cat_gen *g = &c->gens[i];
-        for (size_t k = 0; k < g->nsnaps; k++) snap_clear(&g->snaps[k]);
-        for (size_t k = 0; k < g->nsegs; k++) seg_clear(&g->segs[k]);
+        for (size_t k = 0; k < g->nsnaps; k++)
+            snap_clear(&g->snaps[k]);
+        for (size_t k = 0; k < g->nsegs; k++)
+            seg_clear(&g->segs[k]);
         free(g->snaps);
         free(g->segs);
     }
@@ -143,8 +145,8 @@ static int take_key(catalog *c, store_obj *o) {
     cat_seg *s = realloc(g->segs, (g->nsegs + 1) * sizeof *s);
     if (s == NULL) goto nomem;
     g->segs = s;
-    s[g->nsegs] = (cat_seg){.first = k.first, .last = k.last, .key = key, .size = o->size,
-                            .mtime_ms = o->mtime_ms};
+    s[g->nsegs] = (cat_seg){
+        .first = k.first, .last = k.last, .key = key, .size = o->size, .mtime_ms = o->mtime_ms};
     s = &g->segs[g->nsegs++];
     return why ? mark_damaged(c, &s->state, &s->why, key, why) : 0;
 nomem:
@@ -212,7 +214,8 @@ static int read_record(store *st, catalog *c, const char *key, ws_owner *o, int 
 ** whose generation or TXID is not its name's drops it. */
 static int read_footers(store *st, catalog *c, wserr *err) {
     size_t n = 0;
-    for (size_t i = 0; i < c->ngens; i++) n += c->gens[i].nsnaps;
+    for (size_t i = 0; i < c->ngens; i++)
+        n += c->gens[i].nsnaps;
     if (n == 0) return 0;
     fetch_job *jobs = calloc(n, sizeof *jobs);
     cat_snap **who = calloc(n, sizeof *who);
@@ -270,55 +273,52 @@ nomem:
     goto out;
 }
 
+/* What an object says about itself (header or footer), against what its
+** key and its generation say. Returns 0 if it belongs; otherwise nonzero,
+** with a phrase in why. `says` is "header" or "footer". */
+typedef struct obj_claims {
+    const char *says;
+    uint64_t generation, first, last;
+    uint32_t page_size;
+    uint64_t db_id;
+} obj_claims;
+
+static int foreign(const catalog *c, const cat_gen *g, uint64_t key_first, uint64_t key_last,
+                   const obj_claims *o, char *why, size_t n) {
+    if (o->generation != g->id)
+        snprintf(why, n, "its %s says generation %016" PRIx64, o->says, o->generation);
+    else if (o->first != key_first || o->last != key_last)
+        snprintf(why, n, "its %s says transactions %" PRIu64 "..%" PRIu64, o->says, o->first,
+                 o->last);
+    else if (g->page_size && o->page_size != g->page_size)
+        snprintf(why, n, "its page size %u is not its generation's %u", o->page_size, g->page_size);
+    else if (g->db_id && o->db_id != g->db_id)
+        snprintf(why, n,
+                 "it was written by database %016" PRIx64 ", generation %016" PRIx64
+                 " by database %016" PRIx64,
+                 o->db_id, g->id, g->db_id);
+    else if (c->has_owner && !owner_lineage_has(&c->owner, o->db_id))
+        snprintf(why, n,
+                 "it was written by database %016" PRIx64 ", not by the destination's owner "
+                 "%016" PRIx64 " or one before it",
+                 o->db_id, c->owner.db_id);
+    else
+        return 0;
+    return 1;
+}
+
 /* Nonzero if a snapshot's footer says it is what its key and generation say. */
 static int snap_belongs(const catalog *c, const cat_gen *g, const cat_snap *s, char *why,
                         size_t n) {
     const snap_footer *f = &s->f;
-    if (f->generation != g->id)
-        snprintf(why, n, "its footer says generation %016" PRIx64, f->generation);
-    else if (f->txid != s->txid)
-        snprintf(why, n, "its footer says transaction %" PRIu64, f->txid);
-    else if (g->page_size && f->page_size != g->page_size)
-        snprintf(why, n, "its page size %u is not its generation's %u", f->page_size,
-                 g->page_size);
-    else if (g->db_id && f->db_id != g->db_id)
-        snprintf(why, n,
-                 "it was written by database %016" PRIx64 ", generation %016" PRIx64
-                 " by database %016" PRIx64,
-                 f->db_id, g->id, g->db_id);
-    else if (c->has_owner && !owner_lineage_has(&c->owner, f->db_id))
-        snprintf(why, n,
-                 "it was written by database %016" PRIx64 ", not by the destination's owner "
-                 "%016" PRIx64 " or one before it",
-                 f->db_id, c->owner.db_id);
-    else
-        return 1;
-    return 0;
+    obj_claims o = {"footer", f->generation, f->txid, f->txid, f->page_size, f->db_id};
+    return !foreign(c, g, s->txid, s->txid, &o, why, n);
 }
 
 int cat_seg_header_belongs(const catalog *c, const cat_gen *g, const cat_seg *s,
                            const seg_header *h, char *why, size_t n) {
-    if (h->generation != g->id)
-        snprintf(why, n, "its header says generation %016" PRIx64, h->generation);
-    else if (h->first_txid != s->first || h->last_txid != s->last)
-        snprintf(why, n, "its header says transactions %" PRIu64 "..%" PRIu64, h->first_txid,
-                 h->last_txid);
-    else if (g->page_size && h->page_size != g->page_size)
-        snprintf(why, n, "its page size %u is not its generation's %u", h->page_size,
-                 g->page_size);
-    else if (g->db_id && h->db_id != g->db_id)
-        snprintf(why, n,
-                 "it was written by database %016" PRIx64 ", generation %016" PRIx64
-                 " by database %016" PRIx64,
-                 h->db_id, g->id, g->db_id);
-    else if (c->has_owner && !owner_lineage_has(&c->owner, h->db_id))
-        snprintf(why, n,
-                 "it was written by database %016" PRIx64 ", not by the destination's owner "
-                 "%016" PRIx64 " or one before it",
-                 h->db_id, c->owner.db_id);
-    else
-        return 0;
-    return 1;
+    obj_claims o = {"header", h->generation, h->first_txid, h->last_txid, h->page_size, h->db_id};
+    return foreign(c, g, s->first, s->last, &o, why, n);
 }
 
 /* Fixes a generation's identity: its marker's database id, or its oldest
@@ -434,7 +434,8 @@ int catalog_load(store *st, catalog *out, wserr *err) {
     int rc = store_list(st, "generations/", NULL, &l, err);
     out->nlists = 1 + l.n / 1000;
     for (size_t i = 0; rc == 0 && i < l.n; i++)
-        if (take_key(out, &l.items[i]) != 0) rc = wserr_set(err, WALSHIP_ERR_NOMEM, "out of memory");
+        if (take_key(out, &l.items[i]) != 0)
+            rc = wserr_set(err, WALSHIP_ERR_NOMEM, "out of memory");
     store_objlist_free(&l);
     if (rc) goto fail;
     if (out->ngens > 1) qsort(out->gens, out->ngens, sizeof *out->gens, cmp_gen);
@@ -448,9 +449,10 @@ int catalog_load(store *st, catalog *out, wserr *err) {
     int found = 0;
     if ((rc = read_record(st, out, OWNER_KEY, &out->owner, &found, err)) != 0) {
         if (rc == WALSHIP_ERR_CORRUPT)
-            wserr_prefix(err, "the destination's ownership record \"%s\" is damaged, so nothing in "
-                              "the store can be checked against it (put back a good copy, or "
-                              "remove it to read the store unchecked)",
+            wserr_prefix(err,
+                         "the destination's ownership record \"%s\" is damaged, so nothing in "
+                         "the store can be checked against it (put back a good copy, or "
+                         "remove it to read the store unchecked)",
                          OWNER_KEY);
         goto fail;
     }
@@ -467,9 +469,10 @@ int catalog_load(store *st, catalog *out, wserr *err) {
             g->db_id = m.db_id;
         } else if (mrc == WALSHIP_ERR_CORRUPT || (mrc == 0 && !found)) {
             g->has_marker = 0;
-            WS_WARN("store_marker_damaged",
-                    "key=\"%s\" why=\"%s\" (the generation's snapshots say which database wrote it)",
-                    key, mrc ? e.msg : "gone since the listing");
+            WS_WARN(
+                "store_marker_damaged",
+                "key=\"%s\" why=\"%s\" (the generation's snapshots say which database wrote it)",
+                key, mrc ? e.msg : "gone since the listing");
         } else {
             rc = mrc;
             *err = e;
@@ -496,7 +499,7 @@ int catalog_load(store *st, catalog *out, wserr *err) {
     return 0;
 nomem:
     rc = wserr_set(err, WALSHIP_ERR_NOMEM, "out of memory");
-fail: {
+fail : {
     size_t nl = out->nlists, ng = out->ngets;
     catalog_free(out);
     out->nlists = nl;
@@ -552,7 +555,8 @@ int cat_chain(const cat_gen *g, uint64_t from, uint64_t to, const uint8_t *skip,
             if (bad)
                 return wserr_set(err, WALSHIP_ERR_NOTFOUND,
                                  "no usable segment holds transaction %" PRIu64
-                                 " of generation %016" PRIx64 ": segment %s holds it but was refused",
+                                 " of generation %016" PRIx64
+                                 ": segment %s holds it but was refused",
                                  next, g->id, bad->key);
             return wserr_set(err, WALSHIP_ERR_NOTFOUND,
                              "no segment holds transaction %" PRIu64 " of generation %016" PRIx64

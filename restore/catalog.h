@@ -57,8 +57,8 @@ typedef struct cat_seg {
     char *key;
     uint64_t size;
     int64_t mtime_ms;
-    int state;             /* CAT_* */
-    char *why;             /* CAT_DAMAGED: a phrase, owned; NULL otherwise */
+    int state;              /* CAT_* */
+    char *why;              /* CAT_DAMAGED: a phrase, owned; NULL otherwise */
     int64_t last_commit_ms; /* CAT_OK: from its header */
 } cat_seg;
 
@@ -69,7 +69,7 @@ typedef struct cat_gen {
     int has_marker;     /* generations/<id>/owner named db_id */
     cat_snap *snaps;    /* ascending txid */
     size_t nsnaps;
-    cat_seg *segs;      /* ascending first txid, then last */
+    cat_seg *segs; /* ascending first txid, then last */
     size_t nsegs;
 } cat_gen;
 
@@ -80,8 +80,8 @@ typedef struct catalog {
     ws_owner owner;
     uint64_t *ignored_gens; /* generations dropped as another database's, ascending */
     size_t nignored_gens;
-    size_t nignored; /* objects dropped as not ours (each warned about) */
-    size_t ndamaged; /* objects flagged CAT_DAMAGED */
+    size_t nignored;      /* objects dropped as not ours (each warned about) */
+    size_t ndamaged;      /* objects flagged CAT_DAMAGED */
     size_t nlists, ngets; /* store requests catalog_load made (also set when it fails) */
 } catalog;
 

@@ -27,11 +27,11 @@
 enum { SLOT_PENDING = 0, SLOT_RUNNING = 1, SLOT_DONE = 2 };
 
 typedef struct slot {
-    int state;   /* SLOT_* */
-    int gone;    /* taken to its end, or dropped: nobody reads it any more */
-    int rc;      /* the job's result, once SLOT_DONE */
+    int state; /* SLOT_* */
+    int gone;  /* taken to its end, or dropped: nobody reads it any more */
+    int rc;    /* the job's result, once SLOT_DONE */
     wserr err;
-    wsbuf buf;   /* bytes not read yet */
+    wsbuf buf;    /* bytes not read yet */
     uint64_t got; /* bytes received */
 } slot;
 
@@ -64,7 +64,8 @@ typedef struct dl {
 } dl;
 
 static void advance_low(fetcher *f) {
-    while (f->low < f->n && f->slots[f->low].gone) f->low++;
+    while (f->low < f->n && f->slots[f->low].gone)
+        f->low++;
 }
 
 static void slot_release(fetcher *f, slot *s) {
@@ -230,7 +231,8 @@ int fetch_read(fetcher *f, size_t i, wsbuf *out, int *eof, wserr *err) {
         return wserr_set(err, WALSHIP_ERR_STATE, "download %zu read after its end", i);
     }
     if (f->want != i || i > f->low) want_job(f, i);
-    while (s->buf.len == 0 && s->state != SLOT_DONE) pthread_cond_wait(&f->done, &f->mu);
+    while (s->buf.len == 0 && s->state != SLOT_DONE)
+        pthread_cond_wait(&f->done, &f->mu);
     int rc = 0;
     if (s->buf.len > 0) {
         wsbuf t = *out;
@@ -292,8 +294,10 @@ void fetch_free(fetcher *f) {
     f->stop = 1;
     pthread_cond_broadcast(&f->room);
     pthread_mutex_unlock(&f->mu);
-    for (int i = 0; i < f->nth; i++) pthread_join(f->th[i], NULL);
-    for (size_t i = 0; i < f->n; i++) wsbuf_free(&f->slots[i].buf);
+    for (int i = 0; i < f->nth; i++)
+        pthread_join(f->th[i], NULL);
+    for (size_t i = 0; i < f->n; i++)
+        wsbuf_free(&f->slots[i].buf);
     free(f->slots);
     pthread_mutex_destroy(&f->mu);
     pthread_cond_destroy(&f->room);

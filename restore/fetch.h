@@ -33,8 +33,8 @@
 typedef struct fetch_job {
     const char *key; /* owned by the caller, alive until fetch_free */
     uint64_t off;
-    uint64_t len;    /* 0: to the end of the object; otherwise exactly this many bytes */
-    uint64_t max;    /* 0: no limit; otherwise more bytes than this fail the job (CORRUPT) */
+    uint64_t len; /* 0: to the end of the object; otherwise exactly this many bytes */
+    uint64_t max; /* 0: no limit; otherwise more bytes than this fail the job (CORRUPT) */
 } fetch_job;
 
 /* Checks the first bytes of job `job` (n = check_len, or fewer if the job
@@ -42,14 +42,14 @@ typedef struct fetch_job {
 ** with that error and its download stops. Called from a download thread. */
 typedef int (*fetch_check_fn)(void *ctx, size_t job, const uint8_t *head, size_t n, wserr *err);
 
-#define FETCH_CHECK_MAX 4096
+#define FETCH_CHECK_MAX      4096
 #define FETCH_BUDGET_DEFAULT ((uint64_t)16 << 20)
-#define FETCH_JOB_CAP ((uint64_t)4 << 20)
+#define FETCH_JOB_CAP        ((uint64_t)4 << 20)
 
 typedef struct fetch_opts {
-    int threads;       /* download threads (1..32) */
-    uint64_t budget;   /* bytes held for jobs not being read; 0: FETCH_BUDGET_DEFAULT */
-    size_t check_len;  /* 0: no check; at most FETCH_CHECK_MAX */
+    int threads;      /* download threads (1..32) */
+    uint64_t budget;  /* bytes held for jobs not being read; 0: FETCH_BUDGET_DEFAULT */
+    size_t check_len; /* 0: no check; at most FETCH_CHECK_MAX */
     fetch_check_fn check;
     void *check_ctx;
 } fetch_opts;

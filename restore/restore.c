@@ -51,8 +51,8 @@
 #include "fetch.h"
 
 #define DEFAULT_PARALLEL 8
-#define STAGE_MAX ((size_t)16 << 20) /* staged pages of one transaction, at most */
-#define WHY_MAX 240
+#define STAGE_MAX        ((size_t)16 << 20) /* staged pages of one transaction, at most */
+#define WHY_MAX          240
 
 /* Whose fault a failure is. */
 enum { V_FATAL = 0, V_NOT_OURS = 1, V_DAMAGED = 2 };
@@ -243,7 +243,8 @@ int restore_plan_make(store *st, const catalog *cat, const restore_target *t, re
     p->to_txid = p->nchain ? p->chain[p->nchain - 1]->last : p->snap->txid;
     if (t->kind != RESTORE_TIME || (partial && p->nchain == planned)) p->to_txid = want;
     p->bytes = p->snap->size;
-    for (size_t i = 0; i < p->nchain; i++) p->bytes += p->chain[i]->size;
+    for (size_t i = 0; i < p->nchain; i++)
+        p->bytes += p->chain[i]->size;
     return 0;
 }
 
@@ -270,25 +271,25 @@ typedef struct builder {
     restore_result *res;
     /* the open transaction */
     int in_tx;
-    wsbuf stage;       /* (u32 pgno, page) records not written yet */
-    int direct;        /* it outgrew the stage: its pages went straight to the file */
-    undo_ent *undo;    /* page hashes it changed, to roll back */
+    wsbuf stage;    /* (u32 pgno, page) records not written yet */
+    int direct;     /* it outgrew the stage: its pages went straight to the file */
+    undo_ent *undo; /* page hashes it changed, to roll back */
     size_t nundo, undo_cap;
-    uint64_t tx_chk;   /* checksum and size before it */
+    uint64_t tx_chk; /* checksum and size before it */
     uint32_t tx_pages;
     /* the segment being applied */
     const cat_seg *seg;
-    uint64_t to;       /* apply up to this TXID */
-    int time_cut;      /* the time target falls in this segment: `to` is set from a scan */
-    int finished;      /* the target is reached: stop */
+    uint64_t to;  /* apply up to this TXID */
+    int time_cut; /* the time target falls in this segment: `to` is set from a scan */
+    int finished; /* the target is reached: stop */
     /* refusals */
     uint8_t *seg_skip; /* per g->segs */
     uint8_t *jobv;     /* per chain job: the download check's verdict */
     const cat_seg **chain;
-    wserr refusal;     /* the last object refused, for the final message */
-    int restart;       /* a refused segment had given transactions: build again without it */
-    int fail_in_tx;    /* the refused segment failed inside a transaction (not at its end) */
-    uint8_t *snap_skip; /* per g->snaps: refused snapshots */
+    wserr refusal;        /* the last object refused, for the final message */
+    int restart;          /* a refused segment had given transactions: build again without it */
+    int fail_in_tx;       /* the refused segment failed inside a transaction (not at its end) */
+    uint8_t *snap_skip;   /* per g->snaps: refused snapshots */
     const cat_snap *base; /* the snapshot the image starts from */
 } builder;
 
@@ -655,8 +656,9 @@ static int route_around(builder *b, const cat_seg *s, uint64_t start, wserr *err
                 s->key, start + 1, b->txid);
         b->restart = 1;
     } else {
-        WS_WARN("restore_route_around", "segment=\"%s\" from_txid=%" PRIu64
-                " (other segments hold its transactions)", s->key, from + 1);
+        WS_WARN("restore_route_around",
+                "segment=\"%s\" from_txid=%" PRIu64 " (other segments hold its transactions)",
+                s->key, from + 1);
     }
     return 0;
 }
@@ -683,7 +685,8 @@ static int build_segments(builder *b, wserr *err) {
         if (jobs == NULL || jobv == NULL) {
             rc = nomem(err);
         } else {
-            for (size_t i = 0; i < n; i++) jobs[i] = (fetch_job){chain[i]->key, 0, 0, 0};
+            for (size_t i = 0; i < n; i++)
+                jobs[i] = (fetch_job){chain[i]->key, 0, 0, 0};
             b->chain = chain;
             b->jobv = jobv;
             fetch_opts fo = {.threads = b->parallel,
@@ -734,7 +737,8 @@ static int apply_chunk(builder *b, const snap_chunk *c, const wsbuf *u, wserr *e
             return wserr_errno(err, wserr_from_errno(errno), errno, "write restored database");
         for (uint32_t k = 0; k < c->count; k++) {
             uint32_t p = c->first_pgno + k;
-            if (ws_rolling_set(b->r, p, ws_page_hash(p, u->p + (size_t)k * ps, ps))) return nomem(err);
+            if (ws_rolling_set(b->r, p, ws_page_hash(p, u->p + (size_t)k * ps, ps)))
+                return nomem(err);
         }
         if (c->first_pgno + c->count - 1 > b->file_pages)
             b->file_pages = c->first_pgno + c->count - 1;
@@ -804,7 +808,8 @@ static int build_snapshot(builder *b, const cat_snap *s, int *verdict, wserr *er
             rc = nomem(err);
             goto out;
         }
-    for (uint32_t p = f->db_pages + 1; p <= b->r->cap; p++) b->r->h[p - 1] = 0;
+    for (uint32_t p = f->db_pages + 1; p <= b->r->cap; p++)
+        b->r->h[p - 1] = 0;
     b->r->db_pages = f->db_pages;
     b->r->tx_before = f->db_pages;
     if ((rc = set_size(b, f->db_pages, err))) goto out;

@@ -126,7 +126,6 @@
 #define TMP_NAME_MAX     64   /* "/.walship-tmp/<pid>.<seq>.<usec>" */
 #define STALE_TMP_AGE_MS (3600 * 1000)
 #define PUBLISH_ATTEMPTS 64 /* retries when a delete removes our parent */
-#define COPY_BUF_SIZE    ((size_t)1 << 20)
 /* DIR must leave room in a PATH_MAX buffer for "/" + key + temp name. */
 #define ROOT_MAX (PATH_MAX - KEY_MAX - TMP_NAME_MAX - 2)
 
@@ -587,43 +586,6 @@ out:
     return rc;
 }
 
-/* store_get_fd: copies the object to outfd at its current offset. Nothing
-** is written when the key is missing. */
-static int file_get_fd(store *s, const char *key, int outfd, wserr *err) {
-    file_store *fs = (file_store *)s;
-    struct stat st;
-    int fd = -1;
-    uint8_t *buf = NULL;
-    int rc = check_fs_key(key, 0, err);
-    if (rc) return rc;
-    rc = open_object(fs, key, &fd, &st, err);
-    if (rc) return rc;
-    buf = malloc(COPY_BUF_SIZE);
-    if (buf == NULL) {
-        rc = wserr_set(err, WALSHIP_ERR_NOMEM, "out of memory");
-        goto out;
-    }
-    for (;;) {
-        ssize_t r = read(fd, buf, COPY_BUF_SIZE);
-        if (r < 0) {
-            if (errno == EINTR) continue;
-            rc = fs_fail(fs, err, errno, "read object", key);
-            goto out;
-        }
-        if (r == 0) break;
-        if (ws_write_all(outfd, buf, (size_t)r) != 0) {
-            int e = errno;
-            rc = wserr_errno(err, wserr_from_errno(e), e,
-                             "cannot write object \"%.200s\" to the output file", key);
-            goto out;
-        }
-    }
-out:
-    free(buf);
-    close(fd);
-    return rc;
-}
-
 /* store_get_stream: reads [off, off+len) (len 0: to the end) in pieces of
 ** STORE_STREAM_PIECE bytes into one reused buffer and hands each to fn. */
 static int file_get_stream(store *s, const char *key, uint64_t off, uint64_t len,
@@ -664,6 +626,27 @@ out:
     free(buf);
     close(fd);
     return rc;
+}
+
+/* store_sink_fn of file_get_fd: appends each piece to the output file. */
+typedef struct fd_out {
+    int fd;
+    const char *key;
+} fd_out;
+
+static int write_piece(void *ctx, const uint8_t *data, size_t n, wserr *err) {
+    const fd_out *o = ctx;
+    if (ws_write_all(o->fd, data, n) == 0) return 0;
+    int e = errno;
+    return wserr_errno(err, wserr_from_errno(e), e,
+                       "cannot write object \"%.200s\" to the output file", o->key);
+}
+
+/* store_get_fd: copies the object to outfd at its current offset. Nothing
+** is written when the key is missing. */
+static int file_get_fd(store *s, const char *key, int outfd, wserr *err) {
+    fd_out o = {outfd, key};
+    return file_get_stream(s, key, 0, 0, write_piece, &o, err);
 }
 
 /* store_head: size and mtime (ms) from lstat; NOTFOUND unless a regular file. */

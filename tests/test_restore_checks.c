@@ -34,13 +34,13 @@
 */
 #include "trust_testlib.h"
 
-#define PS 1024
-#define MAXP 48
-#define NTX 13 /* transactions 1 (the snapshot) .. NTX */
-#define GEN 0x000661bd00000000ull
-#define DBID 0x1111222233334444ull
+#define PS         1024
+#define MAXP       48
+#define NTX        13 /* transactions 1 (the snapshot) .. NTX */
+#define GEN        0x000661bd00000000ull
+#define DBID       0x1111222233334444ull
 #define OTHER_DBID 0x5555666677778888ull
-#define T0_MS 1780000000000ll
+#define T0_MS      1780000000000ll
 
 /* A page history: the image after each transaction. */
 typedef struct hist {
@@ -56,7 +56,8 @@ static const char *root;
 
 static uint64_t image_chk(const hist *x, int t) {
     uint64_t c = 0;
-    for (uint32_t p = 1; p <= x->npages[t]; p++) c ^= ws_page_hash(p, x->img[t][p - 1], PS);
+    for (uint32_t p = 1; p <= x->npages[t]; p++)
+        c ^= ws_page_hash(p, x->img[t][p - 1], PS);
     return c;
 }
 
@@ -66,7 +67,8 @@ static void make_history(hist *x, int from) {
     if (from == 1) {
         x->npages[1] = 8;
         ws_test_rand_bytes(x->img[1], sizeof x->img[1]);
-        for (uint32_t p = 9; p <= MAXP; p++) memset(x->img[1][p - 1], 0, PS);
+        for (uint32_t p = 9; p <= MAXP; p++)
+            memset(x->img[1][p - 1], 0, PS);
         x->chk[1] = image_chk(x, 1);
         from = 2;
     }
@@ -116,10 +118,10 @@ static void put_fd(store *st, const char *key, int fd) {
 
 /* How an object departs from the history. */
 typedef struct tweak {
-    uint64_t db_id;     /* 0: DBID */
-    int bad_tx;         /* this transaction's last page is changed; its checksum is the history's */
-    uint64_t pre_xor;   /* XOR-ed into the header's checksum before */
-    int bad_page;       /* snapshot: this page changed under the footer's checksum */
+    uint64_t db_id;   /* 0: DBID */
+    int bad_tx;       /* this transaction's last page is changed; its checksum is the history's */
+    uint64_t pre_xor; /* XOR-ed into the header's checksum before */
+    int bad_page;     /* snapshot: this page changed under the footer's checksum */
 } tweak;
 
 static const tweak none;
@@ -138,7 +140,8 @@ static void put_segment(store *st, const hist *x, int a, int b, const tweak *tw,
         for (int i = 0; i < x->nw[t]; i++) {
             uint8_t page[PS];
             memcpy(page, x->img[t][x->w[t][i] - 1], PS);
-            if (t == tw->bad_tx && i == x->nw[t] - 1) page[PS / 2] ^= 0x40; /* the last write wins */
+            if (t == tw->bad_tx && i == x->nw[t] - 1)
+                page[PS / 2] ^= 0x40; /* the last write wins */
             CHECK_OK(seg_writer_page(w, x->w[t][i], page, &e), &e);
         }
         CHECK_OK(seg_writer_commit_tx(w, (uint64_t)t, T0_MS + t * 60000ll, x->npages[t],
@@ -153,8 +156,7 @@ static void put_segment(store *st, const hist *x, int a, int b, const tweak *tw,
 }
 
 /* Puts the snapshot of x at transaction t. */
-static void put_snapshot(store *st, const hist *x, int t, const tweak *tw, char *key,
-                         size_t keyn) {
+static void put_snapshot(store *st, const hist *x, int t, const tweak *tw, char *key, size_t keyn) {
     int fd = tmp_fd();
     wserr e = {0};
     snap_writer *w = NULL;
@@ -164,9 +166,9 @@ static void put_snapshot(store *st, const hist *x, int t, const tweak *tw, char 
     if (tw->bad_page) pages[tw->bad_page - 1][7] ^= 1;
     CHECK_OK(snap_writer_base(w, 1, x->npages[t], &pages[0][0], &e), &e);
     ws_walpos pos = {0};
-    CHECK_OK(snap_writer_finish(w, (uint64_t)t, T0_MS + t * 60000ll, x->npages[t], x->chk[t],
-                                &pos, &e),
-             &e);
+    CHECK_OK(
+        snap_writer_finish(w, (uint64_t)t, T0_MS + t * 60000ll, x->npages[t], x->chk[t], &pos, &e),
+        &e);
     snap_writer_free(w);
     snap_key(key, keyn, GEN, (uint64_t)t);
     put_fd(st, key, fd);
@@ -197,7 +199,8 @@ static void expect_restores(const char *url, const hist *x, int t, const char *w
 }
 
 /* The latest state does not restore: the message holds what, key, and the
-** fix (--txid good; 0: none, no snapshot to start from); nothing is left at the output path, and a file already
+** fix (--txid good; 0: none, no snapshot to start from); nothing is left at the output path, and a
+*file already
 ** there keeps its bytes. */
 static void expect_refused(const char *name, const char *url, const char *what, const char *key,
                            uint64_t good) {
@@ -257,28 +260,26 @@ static void test_good(void) {
     unlink(out);
 }
 
-static void test_tx_checksum(void) {
+/* A segment [5,7] whose transaction bad_tx is wrong: refused (the newest
+** restorable TXID is good); with [5,6] and [7,7] beside it, the restore is
+** routed around them, with the warning `warn`. */
+static void tx_checksum_case(const char *name, int bad_tx, uint64_t good, const char *warn) {
     char url[1100], snap[300], key[300], alt[300];
-    tweak tw = {.bad_tx = 5};
-    store *st = open_store("tx-checksum", url, sizeof url);
+    tweak tw = {.bad_tx = bad_tx};
+    store *st = open_store(name, url, sizeof url);
     standard_store(st, &tw, 5, snap, key);
-    expect_refused("tx-checksum", url, "does not produce its recorded checksum", key, 4);
-    /* other segments with transactions 5..7: routed around */
+    expect_refused(name, url, "does not produce its recorded checksum", key, good);
     put_segment(st, &h, 5, 6, &none, alt, sizeof alt);
     put_segment(st, &h, 7, 7, &none, alt, sizeof alt);
     store_free(st);
-    expect_restores(url, &h, NTX, "restore_route_around");
+    expect_restores(url, &h, NTX, warn);
+}
 
+static void test_tx_checksum(void) {
+    tx_checksum_case("tx-checksum", 5, 4, "restore_route_around");
     /* the bad transaction is the segment's last: 5 and 6 came from it before
     ** it failed, so the build starts over without it */
-    tw.bad_tx = 7;
-    st = open_store("tx-checksum-late", url, sizeof url);
-    standard_store(st, &tw, 5, snap, key);
-    expect_refused("tx-checksum-late", url, "does not produce its recorded checksum", key, 6);
-    put_segment(st, &h, 5, 6, &none, alt, sizeof alt);
-    put_segment(st, &h, 7, 7, &none, alt, sizeof alt);
-    store_free(st);
-    expect_restores(url, &h, NTX, "restore_start_over");
+    tx_checksum_case("tx-checksum-late", 7, 6, "restore_start_over");
 }
 
 static void test_disagrees(void) {
@@ -339,26 +340,20 @@ static void test_foreign_segment(void) {
     expect_restores(url, &h, NTX, key);
 }
 
-static const char *only;
-#define CASE(fn)                                                                                   \
-    do {                                                                                           \
-        if (only == NULL || strcmp(only, #fn) == 0) RUN(fn);                                       \
-    } while (0)
-
 int main(int argc, char **argv) {
-    only = argc > 1 ? argv[1] : NULL;
+    tt_only = argc > 1 ? argv[1] : NULL;
     ws_test_seed(20261209);
     root = ws_test_tmpdir();
     make_history(&h, 1);
     memcpy(&branch, &h, sizeof h);
     make_history(&branch, 4); /* the same up to 3, then another history */
     CHECK(branch.chk[4] != h.chk[4]);
-    CASE(test_good);
-    CASE(test_tx_checksum);
-    CASE(test_disagrees);
-    CASE(test_no_follow);
-    CASE(test_snapshot_checksum);
-    CASE(test_gap);
-    CASE(test_foreign_segment);
+    TT_CASE(test_good);
+    TT_CASE(test_tx_checksum);
+    TT_CASE(test_disagrees);
+    TT_CASE(test_no_follow);
+    TT_CASE(test_snapshot_checksum);
+    TT_CASE(test_gap);
+    TT_CASE(test_foreign_segment);
     return 0;
 }

@@ -32,7 +32,7 @@
 #include "trust_testlib.h"
 
 #define GARBAGE_SIZE ((uint64_t)1000 << 20)
-#define BIG_BYTES (110 << 20)
+#define BIG_BYTES    (110 << 20)
 
 static const char *root;
 static int64_t bound_kib;
@@ -77,17 +77,6 @@ static int64_t stop_replica(pid_t pid) {
     return ru.ru_maxrss;
 }
 
-/* Waits until the replica's status holds needle. */
-static void wait_status(const char *rdb, const char *needle) {
-    char st[16384] = "";
-    int64_t deadline = ws_mono_ms() + 60000;
-    while (ws_mono_ms() < deadline) {
-        if (rt_replica_status(rdb, st, sizeof st) == 0 && strstr(st, needle) != NULL) return;
-        ws_sleep_ms(20);
-    }
-    ws_test_fail(__FILE__, __LINE__, "the replica's status never held \"%s\": %s", needle, st);
-}
-
 /* Puts the four garbage segments after s's last TXID; the first's key. */
 static void put_garbage(const tt_store *s, char *first_key, size_t n) {
     for (int i = 0; i < 4; i++) {
@@ -120,7 +109,7 @@ static void test_garbage(void) {
     snprintf(rdb, sizeof rdb, "%s/garbage/replica.db", root);
     snprintf(log, sizeof log, "%s/garbage/replica.log", root);
     pid_t rep = start_replica(s.url, rdb, log);
-    wait_status(rdb, key);
+    tt_wait_replica_status(rdb, key);
     CHECK(!rt_exists(rdb)); /* no bootstrap from an older point */
     check_rss("replica bootstrap", stop_replica(rep));
 }
@@ -215,7 +204,7 @@ static void test_big_and_following(void) {
     rt_wait_replica(rdb, big.gen, big.last_txid, 120000);
     s.last_txid = big.last_txid;
     put_garbage(&s, key, sizeof key);
-    wait_status(rdb, key);
+    tt_wait_replica_status(rdb, key);
     int64_t deadline = ws_mono_ms() + 30000;
     while (rt_status_u64(rdb, "corrupt_objects") < 1) {
         if (ws_mono_ms() > deadline) ws_test_fail(__FILE__, __LINE__, "corrupt_objects stays 0");
@@ -226,14 +215,8 @@ static void test_big_and_following(void) {
     CHECK_EQ(tt_rows(rdb), big.rows);
 }
 
-static const char *only;
-#define CASE(fn)                                                                                   \
-    do {                                                                                           \
-        if (only == NULL || strcmp(only, #fn) == 0) RUN(fn);                                       \
-    } while (0)
-
 int main(int argc, char **argv) {
-    only = argc > 1 ? argv[1] : NULL;
+    tt_only = argc > 1 ? argv[1] : NULL;
     ws_test_seed(20261210);
     root = ws_test_tmpdir();
     /* Tens of MiB: the download budget, one object's queue, the zstd window,
@@ -245,8 +228,8 @@ int main(int argc, char **argv) {
     if (san && *san) setenv("ASAN_OPTIONS", "quarantine_size_mb=16:detect_leaks=1", 0);
     tt_build(&base, root, "base", 6);
     CHECK(base.nsegs >= 3);
-    CASE(test_garbage);
-    CASE(test_framed);
-    CASE(test_big_and_following);
+    TT_CASE(test_garbage);
+    TT_CASE(test_framed);
+    TT_CASE(test_big_and_following);
     return 0;
 }

@@ -72,8 +72,7 @@ static void expect_latest(const tt_store *s, const char *name, const char *warn,
 
 /* Restore and verify of the latest state fail naming needle and the fix
 ** (--txid good); nothing is left at the output; --txid good restores. */
-static void expect_refused(const tt_store *s, const char *name, const char *needle,
-                           uint64_t good) {
+static void expect_refused(const tt_store *s, const char *name, const char *needle, uint64_t good) {
     char dir[1100], out[1200], fix[64];
     snprintf(dir, sizeof dir, "%s/%s/out", root, name);
     snprintf(out, sizeof out, "%s/restored.db", dir);
@@ -83,7 +82,8 @@ static void expect_refused(const tt_store *s, const char *name, const char *need
     if (rc == 0) ws_test_fail(__FILE__, __LINE__, "%s: restore succeeded: %s", name, tt_errout);
     CHECK_CONTAINS(tt_errout, needle);
     CHECK_CONTAINS(tt_errout, fix);
-    if (!tt_dir_empty(dir)) ws_test_fail(__FILE__, __LINE__, "%s: a failed restore left files", name);
+    if (!tt_dir_empty(dir))
+        ws_test_fail(__FILE__, __LINE__, "%s: a failed restore left files", name);
     rc = tt_run(NULL, "verify", s->url, "--quiet", (const char *)NULL);
     if (rc == 0) ws_test_fail(__FILE__, __LINE__, "%s: verify succeeded: %s", name, tt_out);
     CHECK_CONTAINS(tt_errout, needle);
@@ -164,8 +164,8 @@ static void test_impossible_names(void) {
              pristine.gen);
     put_bytes(&s, key, "x");
     snprintf(key, sizeof key,
-             "generations/%016" PRIx64 "/segments/%016" PRIx64 "-%016" PRIx64 ".seg",
-             pristine.gen, pristine.last_txid + 9, pristine.last_txid + 2);
+             "generations/%016" PRIx64 "/segments/%016" PRIx64 "-%016" PRIx64 ".seg", pristine.gen,
+             pristine.last_txid + 9, pristine.last_txid + 2);
     tt_path(&pristine, pristine.seg[0], from, sizeof from);
     put_copy(&s, from, key);
     expect_latest(&s, "names", "ffffffffffffffff.snap", "18446744073709551615");
@@ -177,8 +177,8 @@ static void test_old_segment_renamed_newer(void) {
     char key[300], from[2400];
     tt_copy(&pristine, root, "renamed", &s);
     snprintf(key, sizeof key,
-             "generations/%016" PRIx64 "/segments/%016" PRIx64 "-%016" PRIx64 ".seg",
-             pristine.gen, pristine.last_txid + 1, pristine.last_txid + 3);
+             "generations/%016" PRIx64 "/segments/%016" PRIx64 "-%016" PRIx64 ".seg", pristine.gen,
+             pristine.last_txid + 1, pristine.last_txid + 3);
     tt_path(&pristine, pristine.seg[1], from, sizeof from);
     put_copy(&s, from, key);
     expect_latest(&s, "renamed", key, NULL);
@@ -226,8 +226,8 @@ static void test_routed_around(void) {
     int k = 1;
     CHECK(pristine.nsegs > k + 1);
     snprintf(key, sizeof key,
-             "generations/%016" PRIx64 "/segments/%016" PRIx64 "-%016" PRIx64 ".seg",
-             pristine.gen, pristine.first[k], pristine.last[k + 1]);
+             "generations/%016" PRIx64 "/segments/%016" PRIx64 "-%016" PRIx64 ".seg", pristine.gen,
+             pristine.first[k], pristine.last[k + 1]);
     tt_path(&s, key, p, sizeof p);
     tt_garbage(p, 1 << 20, 4096);
     listing_warns = 0; /* only a restore reads that far */
@@ -238,30 +238,24 @@ static void test_routed_around(void) {
     CHECK_CONTAINS(tt_errout, "restore_route_around");
 }
 
-/* `test_store_trust NAME` runs only the case NAME (after the setup). */
-static const char *only;
-#define CASE(fn)                                                                                   \
-    do {                                                                                           \
-        if (only == NULL || strcmp(only, #fn) == 0) RUN(fn);                                       \
-    } while (0)
-
 int main(int argc, char **argv) {
-    only = argc > 1 ? argv[1] : NULL;
+    tt_only = argc > 1 ? argv[1] : NULL;
     ws_test_seed(20261207);
     root = ws_test_tmpdir();
     tt_build(&pristine, root, "pristine", 8);
     tt_build(&other, root, "other", 3);
-    fprintf(stderr, "store: generation %016" PRIx64 ", snapshot %s, %d segments, TXIDs to %" PRIu64
-                    ", %" PRId64 " rows\n",
+    fprintf(stderr,
+            "store: generation %016" PRIx64 ", snapshot %s, %d segments, TXIDs to %" PRIu64
+            ", %" PRId64 " rows\n",
             pristine.gen, pristine.snap, pristine.nsegs, pristine.last_txid, pristine.rows);
     CHECK(pristine.nsegs >= 4);
     expect_latest(&pristine, "pristine", NULL, NULL);
-    CASE(test_bogus_generation_dirs);
-    CASE(test_foreign_generation);
-    CASE(test_impossible_names);
-    CASE(test_old_segment_renamed_newer);
-    CASE(test_damaged_newest_snapshot);
-    CASE(test_unreadable_last_segment);
-    CASE(test_routed_around);
+    TT_CASE(test_bogus_generation_dirs);
+    TT_CASE(test_foreign_generation);
+    TT_CASE(test_impossible_names);
+    TT_CASE(test_old_segment_renamed_newer);
+    TT_CASE(test_damaged_newest_snapshot);
+    TT_CASE(test_unreadable_last_segment);
+    TT_CASE(test_routed_around);
     return 0;
 }

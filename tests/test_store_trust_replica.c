@@ -68,17 +68,6 @@ static void stop(pid_t rep) {
     CHECK_EQ(rt_wait(rep, 30000), 0);
 }
 
-/* Waits until the replica's last_error holds needle. */
-static void wait_error(const char *rdb, const char *needle) {
-    char st[16384] = "";
-    int64_t deadline = ws_mono_ms() + 30000;
-    while (ws_mono_ms() < deadline) {
-        if (rt_replica_status(rdb, st, sizeof st) == 0 && strstr(st, needle) != NULL) return;
-        ws_sleep_ms(20);
-    }
-    ws_test_fail(__FILE__, __LINE__, "the replica's status never named \"%s\": %s", needle, st);
-}
-
 static void check_content(const char *rdb, int64_t rows) { CHECK_EQ(tt_rows(rdb), rows); }
 
 static void test_bootstrap_ignores_foreign(void) {
@@ -112,11 +101,12 @@ static void test_bootstrap_counts_damage(void) {
     CHECK_EQ(ws_test_system("cp '%s' '%s'", p, keep), 0);
     /* one byte in the middle of the body */
     int64_t size = db_file_size(p);
-    CHECK_EQ(ws_test_system("printf 'Z' | dd of='%s' bs=1 seek=%" PRId64 " conv=notrunc status=none",
+    CHECK_EQ(ws_test_system("printf 'Z' | dd of='%s' bs=1 seek=%" PRId64
+                            " conv=notrunc status=none",
                             p, size / 2),
              0);
     pid_t rep = rt_start_replica(s.url, rdb, logp, NULL, NULL);
-    wait_error(rdb, full.seg[mid]);
+    tt_wait_replica_status(rdb, full.seg[mid]);
     int64_t deadline = ws_mono_ms() + 30000;
     while (rt_status_u64(rdb, "corrupt_objects") < 1) {
         if (ws_mono_ms() > deadline) ws_test_fail(__FILE__, __LINE__, "corrupt_objects stays 0");
@@ -139,7 +129,7 @@ static void test_bootstrap_refuses_fifo(void) {
     CHECK_EQ(unlink(p), 0);
     CHECK_EQ(mkfifo(p, 0644), 0);
     pid_t rep = rt_start_replica(s.url, rdb, logp, NULL, NULL);
-    wait_error(rdb, full.seg[last]);
+    tt_wait_replica_status(rdb, full.seg[last]);
     CHECK(!rt_exists(rdb));
     stop(rep);
 }
@@ -163,7 +153,7 @@ static void test_following(void) {
     tt_path(&other, other.seg[0], from, sizeof from);
     tt_path(&s, key, to, sizeof to);
     CHECK_EQ(ws_test_system("cp '%s' '%s'", from, to), 0);
-    wait_error(rdb, "not part of this history");
+    tt_wait_replica_status(rdb, "not part of this history");
     CHECK_EQ(rt_status_u64(rdb, "applied_txid"), t0);
     CHECK_EQ(rt_status_u64(rdb, "corrupt_objects"), 0);
 
@@ -183,7 +173,7 @@ static void test_following(void) {
     CHECK_EQ(ws_test_system("printf x > '%s'", to), 0);
     char gen[32];
     snprintf(gen, sizeof gen, "%016" PRIx64, other.gen);
-    wait_error(rdb, gen);
+    tt_wait_replica_status(rdb, gen);
     deliver(&s, t1, full.last_txid);
     rt_wait_replica(rdb, full.gen, full.last_txid, 60000);
     CHECK_EQ(rt_status_u64(rdb, "rebootstraps"), 0);
@@ -194,23 +184,17 @@ static void test_following(void) {
     check_content(rdb, full.rows);
 }
 
-static const char *only;
-#define CASE(fn)                                                                                   \
-    do {                                                                                           \
-        if (only == NULL || strcmp(only, #fn) == 0) RUN(fn);                                       \
-    } while (0)
-
 int main(int argc, char **argv) {
-    only = argc > 1 ? argv[1] : NULL;
+    tt_only = argc > 1 ? argv[1] : NULL;
     ws_test_seed(20261208);
     root = ws_test_tmpdir();
     tt_build(&full, root, "full", 12);
     tt_build(&other, root, "other", 3);
     CHECK(other.gen > full.gen);
     CHECK(full.nsegs >= 9);
-    CASE(test_bootstrap_ignores_foreign);
-    CASE(test_bootstrap_counts_damage);
-    CASE(test_bootstrap_refuses_fifo);
-    CASE(test_following);
+    TT_CASE(test_bootstrap_ignores_foreign);
+    TT_CASE(test_bootstrap_counts_damage);
+    TT_CASE(test_bootstrap_refuses_fifo);
+    TT_CASE(test_following);
     return 0;
 }

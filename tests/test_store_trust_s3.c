@@ -181,7 +181,8 @@ static void test_restore(void) {
     CHECK_EQ(tt_rows(out), s.rows);
     store_objlist l = {0}; /* leave nothing behind in the bucket */
     CHECK_OK(store_list(st, "", NULL, &l, &e), &e);
-    for (size_t i = 0; i < l.n; i++) CHECK_OK(store_delete(st, l.items[i].key, &e), &e);
+    for (size_t i = 0; i < l.n; i++)
+        CHECK_OK(store_delete(st, l.items[i].key, &e), &e);
     store_objlist_free(&l);
     store_free(st);
 }
@@ -191,7 +192,8 @@ int main(void) {
     root = ws_test_tmpdir();
     const char *url = ws_test_s3_url("stream");
     int port = proxied_port();
-    if (port < 0) ws_test_skip("the S3 endpoint is not http://127.0.0.1:PORT (needed for the proxy)");
+    if (port < 0)
+        ws_test_skip("the S3 endpoint is not http://127.0.0.1:PORT (needed for the proxy)");
     setenv("WALSHIP_S3_RETRIES", "3", 1);
     ws_log_set_sink(log_sink, WS_LOG_WARN);
     fp = fp_start("127.0.0.1", port);

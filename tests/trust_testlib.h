@@ -10,6 +10,8 @@
 **                 peak memory (ru_maxrss of exactly that child, wait4)
 **   tt_put_owner  writes the destination's ownership record
 **   tt_garbage    a sparse file of any size with garbage at its start
+**   TT_CASE       runs one case, or only the one named on the command line
+**   tt_wait_replica_status  waits for a replica's status.json to say something
 */
 #ifndef WS_TRUST_TESTLIB_H
 #define WS_TRUST_TESTLIB_H
@@ -41,7 +43,7 @@
 typedef struct tt_store {
     char dir[1024]; /* the store's directory */
     char url[1100];
-    char db[1024];  /* the database that shipped it */
+    char db[1024]; /* the database that shipped it */
     uint64_t gen, db_id, last_txid, snap_txid;
     char snap[256]; /* key of its (newest) snapshot */
     int nsegs;
@@ -137,6 +139,14 @@ static __attribute__((unused)) void tt_path(const tt_store *s, const char *key, 
     snprintf(out, n, "%s/%s", s->dir, key);
 }
 
+/* `test_NAME CASE` runs only the case CASE (after the setup): main sets
+** tt_only from argv[1] and runs each case with TT_CASE. */
+static __attribute__((unused)) const char *tt_only;
+#define TT_CASE(fn)                                                                                \
+    do {                                                                                           \
+        if (tt_only == NULL || strcmp(tt_only, #fn) == 0) RUN(fn);                                 \
+    } while (0)
+
 /* Rows of table t in a database file (-1 if it cannot be read). */
 static __attribute__((unused)) int64_t tt_rows(const char *path) {
     sqlite3 *db = NULL;
@@ -176,7 +186,8 @@ static __attribute__((unused)) int tt_run(int64_t *maxrss_kib, const char *arg0,
     argv[n++] = ws_test_env("WALSHIP_BIN");
     va_list ap;
     va_start(ap, arg0);
-    for (const char *a = arg0; a != NULL && n < 31; a = va_arg(ap, const char *)) argv[n++] = a;
+    for (const char *a = arg0; a != NULL && n < 31; a = va_arg(ap, const char *))
+        argv[n++] = a;
     va_end(ap);
     argv[n] = NULL;
     char outp[4200], errp[4200];
@@ -237,6 +248,20 @@ static __attribute__((unused)) void tt_garbage(const char *path, uint64_t size, 
     }
     CHECK(ftruncate(fd, (off_t)size) == 0);
     close(fd);
+}
+
+/* Waits (up to a minute) until the status.json of the replica at rdb
+** holds needle (in last_error, say). */
+static __attribute__((unused)) void tt_wait_replica_status(const char *rdb, const char *needle) {
+    char path[1300], st[16384] = "";
+    snprintf(path, sizeof path, "%s-walship-replica/status.json", rdb);
+    int64_t deadline = ws_mono_ms() + 60000;
+    while (ws_mono_ms() < deadline) {
+        tt_slurp(path, st, sizeof st);
+        if (strstr(st, needle) != NULL) return;
+        ws_sleep_ms(20);
+    }
+    ws_test_fail(__FILE__, __LINE__, "the replica's status never held \"%s\": %s", needle, st);
 }
 
 /* Nonzero if dir holds nothing. */

@@ -102,7 +102,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     static uint64_t a[MAX_EVENTS], b[MAX_EVENTS];
     size_t na, nb;
     rng = 0x243F6A8885A308D3ull ^ size;
-    for (size_t i = 0; i < size && i < 8; i++) rng = rng * 131 + data[size - 1 - i];
+    for (size_t i = 0; i < size && i < 8; i++)
+        rng = rng * 131 + data[size - 1 - i];
     if (rng == 0) rng = 1;
     int end_a = walk_memory(data, size, a, &na);
     int end_b = walk_stream(data, size, b, &nb);
