@@ -292,7 +292,7 @@ static int foreign(const catalog *c, const cat_gen *g, uint64_t key_first, uint6
                  o->last);
     else if (g->page_size && o->page_size != g->page_size)
         snprintf(why, n, "its page size %u is not its generation's %u", o->page_size, g->page_size);
-    else if (g->db_id && o->db_id != g->db_id)
+    else if (g->db_id && o->db_id && o->db_id != g->db_id) /* 0: written before ids existed */
         snprintf(why, n,
                  "it was written by database %016" PRIx64 ", generation %016" PRIx64
                  " by database %016" PRIx64,
