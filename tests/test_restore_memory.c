@@ -224,7 +224,7 @@ int main(int argc, char **argv) {
     ** own bookkeeping (and ASan keeps freed memory in quarantine for a
     ** while), so the bound is looser there, still far below one object. */
     const char *san = getenv("WALSHIP_SANITIZE");
-    bound_kib = (san && *san ? 400 : 80) * 1024;
+    bound_kib = (san && *san ? 512 : 80) * 1024;
     if (san && *san) setenv("ASAN_OPTIONS", "quarantine_size_mb=16:detect_leaks=1", 0);
     tt_build(&base, root, "base", 6);
     CHECK(base.nsegs >= 3);
