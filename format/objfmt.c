@@ -100,3 +100,60 @@ int objkey_parse_snapshot(const char *key, uint64_t *gen, uint64_t *txid) {
     if (parse_hex16(p, txid) != 0 || strcmp(p + 16, ".snap") != 0) return -1;
     return 0;
 }
+
+/* Fills *o as OBJKEY_BAD with why; name_len is the object name's length
+** when the key continues it (a folder named like the object). */
+static void bad_key(objkey *o, const char *why, size_t name_len) {
+    o->kind = OBJKEY_BAD;
+    o->why = why;
+    o->name_len = name_len;
+}
+
+void objkey_classify(const char *key, objkey *o) {
+    memset(o, 0, sizeof *o);
+    static const char pre[] = "generations/";
+    if (strncmp(key, pre, sizeof pre - 1) != 0) return;
+    const char *g = key + sizeof pre - 1;
+    const char *slash = strchr(g, '/');
+    if (slash == NULL) return;
+    const char *rest = slash + 1;
+    int is_seg = strncmp(rest, "segments/", 9) == 0, is_snap = strncmp(rest, "snapshots/", 10) == 0;
+    if (slash - g != 16 || parse_hex16(g, &o->gen) != 0) {
+        if (is_seg || is_snap) bad_key(o, "its generation is not 16 lowercase hex digits", 0);
+        return;
+    }
+    if (strcmp(rest, "owner") == 0) {
+        o->kind = OBJKEY_MARKER;
+        return;
+    }
+    if (!is_seg && !is_snap) return;
+    const char *p = rest + (is_seg ? 9 : 10);
+    size_t name_len;
+    if (is_seg) {
+        if (parse_hex16(p, &o->first) != 0 || p[16] != '-' || parse_hex16(p + 17, &o->last) != 0 ||
+            strncmp(p + 33, ".seg", 4) != 0 || (p[37] != '\0' && p[37] != '/')) {
+            bad_key(o, "it is not a valid segment name", 0);
+            return;
+        }
+        name_len = (size_t)(p + 37 - key);
+    } else {
+        if (parse_hex16(p, &o->first) != 0 || strncmp(p + 16, ".snap", 5) != 0 ||
+            (p[21] != '\0' && p[21] != '/')) {
+            bad_key(o, "it is not a valid snapshot name", 0);
+            return;
+        }
+        o->last = o->first;
+        name_len = (size_t)(p + 21 - key);
+    }
+    o->kind = is_seg ? OBJKEY_SEGMENT : OBJKEY_SNAPSHOT;
+    if (o->gen == 0 || o->gen >= WS_TXID_LIMIT)
+        bad_key(o, "its generation id is 0 or 2^63 or more", 0);
+    else if (o->first == 0)
+        bad_key(o, "its TXID is 0", 0);
+    else if (o->first > o->last)
+        bad_key(o, "its first TXID is past its last", 0);
+    else if (o->last >= WS_TXID_LIMIT)
+        bad_key(o, "its TXID is 2^63 or more", 0);
+    else if (key[name_len] == '/')
+        bad_key(o, "something else is stored under its name (a folder on file://)", name_len);
+}

@@ -29,6 +29,10 @@ uint64_t ws_zero_page_hash(uint32_t pgno, uint32_t page_size);
 
 int ws_page_size_valid(uint32_t sz);
 
+/* TXIDs and generation ids are below 2^63: readers refuse larger ones (in a
+** key or a header) instead of doing arithmetic that could wrap. */
+#define WS_TXID_LIMIT ((uint64_t)1 << 63)
+
 /* ---- the shipper's position (recorded in segments and snapshots) ---------- */
 /* Where the shipper stood in the primary's WAL and spool when an object was
 ** cut: restore ignores it; a shipper restarting after a crash resumes from it. */
@@ -107,7 +111,14 @@ int seg_parse_header(const uint8_t *buf, size_t n, seg_header *out, wserr *err);
 ** BEGIN, ... then END once the body checksum and every count matched. A
 ** COMMIT is only delivered after its transaction's structure was checked;
 ** the caller checks post_chk against its own rolling checksum. */
-enum { SEG_EV_BEGIN = 1, SEG_EV_PAGE = 2, SEG_EV_COMMIT = 3, SEG_EV_END = 4 };
+enum {
+    SEG_EV_BEGIN = 1,
+    SEG_EV_PAGE = 2,
+    SEG_EV_COMMIT = 3,
+    SEG_EV_END = 4,
+    SEG_EV_HEADER = 5, /* seg_stream only: the header arrived and is well-formed */
+    SEG_EV_NEED = 6    /* seg_stream only: feed the next piece */
+};
 typedef struct seg_event {
     int type;
     uint64_t txid;        /* BEGIN, COMMIT */
@@ -123,6 +134,26 @@ int seg_iter_open(const uint8_t *obj, size_t n, seg_iter **out, wserr *err);
 const seg_header *seg_iter_header(const seg_iter *it);
 int seg_iter_next(seg_iter *it, seg_event *ev, wserr *err);
 void seg_iter_free(seg_iter *it);
+
+/* The same walk over an object that arrives in pieces (a download), with
+** memory bounded whatever its size: the caller feeds a piece, then calls
+** seg_stream_next until it says SEG_EV_NEED, then feeds the next one (the
+** piece must stay valid until then); `last` marks the final piece (n may be
+** 0). Events: SEG_EV_HEADER as soon as the first 160 bytes are in and their
+** checksum and fields hold (seg_stream_header is valid from then on), then
+** BEGIN, PAGE..., COMMIT as each record is decoded, and END only when the
+** trailer's compressed length and body XXH3 matched and nothing followed it.
+** The first bad byte fails the walk (WALSHIP_ERR_CORRUPT); failures are
+** final. The same rules as seg_iter, which is this fed in one piece. */
+typedef struct seg_stream seg_stream;
+int seg_stream_open(seg_stream **out, wserr *err);
+void seg_stream_feed(seg_stream *s, const uint8_t *data, size_t n, int last);
+int seg_stream_next(seg_stream *s, seg_event *ev, wserr *err);
+/* The header once SEG_EV_HEADER was delivered, NULL before. */
+const seg_header *seg_stream_header(const seg_stream *s);
+/* Compressed body bytes decoded so far. */
+uint64_t seg_stream_compressed(const seg_stream *s);
+void seg_stream_free(seg_stream *s);
 
 /* Rebuilds a complete segment from a segment file cut short after a
 ** durability point (open header + flushed body): writes it into out_fd and
@@ -201,5 +232,25 @@ void snap_key(char *out, size_t n, uint64_t generation, uint64_t txid);
 /* Parses "generations/<16 hex>/..." keys. Each returns 0 on a match. */
 int objkey_parse_segment(const char *key, uint64_t *gen, uint64_t *first, uint64_t *last);
 int objkey_parse_snapshot(const char *key, uint64_t *gen, uint64_t *txid);
+
+/* What a key under "generations/" is, for readers that must not trust names. */
+enum {
+    OBJKEY_OTHER = 0,    /* not a walship object name */
+    OBJKEY_SEGMENT = 1,  /* a.first..a.last */
+    OBJKEY_SNAPSHOT = 2, /* a.first == a.last == its TXID */
+    OBJKEY_MARKER = 3,   /* generations/<gen>/owner */
+    OBJKEY_BAD = 4       /* named like an object, but impossible: see why */
+};
+typedef struct objkey {
+    int kind;
+    uint64_t gen, first, last;
+    size_t name_len; /* OBJKEY_BAD for "<object key>/...": the object key's length, else 0 */
+    const char *why; /* OBJKEY_BAD: a phrase ("its TXID is 0") */
+} objkey;
+/* Classifies key. Segment and snapshot names are BAD when a TXID is 0, the
+** first is past the last, or a TXID or the generation is 0 or at least
+** WS_TXID_LIMIT; a key that continues an object name with '/' (a directory
+** of that name on file://) is BAD with name_len set. */
+void objkey_classify(const char *key, objkey *out);
 
 #endif

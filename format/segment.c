@@ -271,8 +271,8 @@ int seg_parse(const uint8_t *obj, size_t n, seg_header *h, wserr *err) {
 static int parse_header_magic(const uint8_t *obj, size_t n, seg_header *h, const char *magic,
                               wserr *err);
 
-int seg_parse_header(const uint8_t *obj, size_t n, seg_header *h, wserr *err) {
-    return parse_header_magic(obj, n, h, SEG_MAGIC, err);
+int seg_parse_header(const uint8_t *buf, size_t n, seg_header *h, wserr *err) {
+    return parse_header_magic(buf, n, h, SEG_MAGIC, err);
 }
 
 static int parse_header_magic(const uint8_t *obj, size_t n, seg_header *h, const char *magic,
@@ -303,19 +303,41 @@ static int parse_header_magic(const uint8_t *obj, size_t n, seg_header *h, const
     ws_walpos_decode(obj + 96, &h->resume);
     h->db_id = ws_get_be64(obj + 144);
     if (!ws_page_size_valid(h->page_size) || h->ntx == 0 || h->first_txid == 0 ||
-        h->last_txid < h->first_txid || h->last_txid - h->first_txid + 1 != h->ntx ||
-        h->db_pages_after == 0 || h->db_pages_after > MAX_PGNO)
+        h->last_txid < h->first_txid || h->last_txid >= WS_TXID_LIMIT ||
+        h->last_txid - h->first_txid + 1 != h->ntx || h->db_pages_after == 0 ||
+        h->db_pages_after > MAX_PGNO)
         return wserr_set(err, WALSHIP_ERR_CORRUPT, "segment header has inconsistent fields");
     return 0;
 }
 
-struct seg_iter {
+/*
+** The decoder behind both readers. It takes the object in pieces of any
+** size (seg_stream_feed); seg_stream_next turns what it has into events and
+** says SEG_EV_NEED when a piece is used up. Phases: the 160-byte header
+** (checked the moment it is complete), the body (one zstd frame, decoded
+** into a bounded buffer, its records checked one by one, its XXH3 and
+** compressed length counted as it goes), the trailer (the bytes after the
+** frame's end; 24 of them, and then nothing). The first failure is sticky.
+*/
+enum { PH_HEADER = 0, PH_BODY = 1, PH_DONE = 2, PH_FAILED = 3 };
+
+struct seg_stream {
+    int phase;
+    int partial;     /* seg_recover: the body is a flushed prefix without a trailer */
+    int want_header; /* deliver SEG_EV_HEADER (the streaming API) */
+    int fail_rc;
+    uint8_t hdr[SEG_HEADER_SIZE];
+    size_t hdr_have;
     seg_header h;
-    uint64_t body_xxh;
+    uint8_t trl[SEG_TRAILER_SIZE];
+    size_t trl_have;
+    const uint8_t *in; /* the current piece, owned by the caller */
+    size_t in_len, in_pos;
+    int last; /* nothing follows the current piece */
     ZSTD_DCtx *dctx;
-    ZSTD_inBuffer in;
     int frame_done;
-    uint8_t *buf;
+    uint64_t clen; /* compressed body bytes taken */
+    uint8_t *buf;  /* decompressed bytes [start, end) not yet parsed */
     size_t cap, start, end;
     XXH3_state_t *xxh;
     uint64_t body_seen;
@@ -324,11 +346,303 @@ struct seg_iter {
     uint32_t cur_npages;
     uint64_t next_txid;
     uint32_t ntx_seen;
-    int done;
-    int partial; /* a body cut after a flush: ends at the last transaction of the header */
 };
 
+struct seg_iter {
+    seg_stream *s;
+};
+
+/* Decompressed bytes kept at once: the largest record plus a zstd block. */
 #define ITER_BUF (256u * 1024u + 65536u + 64u)
+/* Frames asking for a bigger window are refused: walship's writers use
+** levels 1..19, whose window is at most 8 MiB (log 23). */
+#define WINDOW_LOG_MAX 24
+
+/* Marks the walk failed (for good) and records the message; evaluates to
+** WALSHIP_ERR_CORRUPT. */
+#define stream_fail(s, err, ...)                                                                  \
+    ((s)->phase = PH_FAILED, (s)->fail_rc = WALSHIP_ERR_CORRUPT,                                 \
+     wserr_set(err, WALSHIP_ERR_CORRUPT, __VA_ARGS__))
+
+/* Starts the body: h is its (already checked) header. */
+static void stream_begin_body(seg_stream *s, const seg_header *h) {
+    s->h = *h;
+    s->next_txid = h->first_txid;
+    s->phase = PH_BODY;
+}
+
+static seg_stream *stream_new(int partial, int want_header) {
+    seg_stream *s = calloc(1, sizeof *s);
+    if (s == NULL) return NULL;
+    s->partial = partial;
+    s->want_header = want_header;
+    s->dctx = ZSTD_createDCtx();
+    s->cap = ITER_BUF;
+    s->buf = malloc(s->cap);
+    s->xxh = XXH3_createState();
+    if (s->dctx == NULL || s->buf == NULL || s->xxh == NULL) {
+        seg_stream_free(s);
+        return NULL;
+    }
+    /* Bound the decoder's window so a hostile frame cannot demand much memory. */
+    ZSTD_DCtx_setParameter(s->dctx, ZSTD_d_windowLogMax, WINDOW_LOG_MAX);
+    XXH3_64bits_reset(s->xxh);
+    return s;
+}
+
+int seg_stream_open(seg_stream **out, wserr *err) {
+    *out = stream_new(0, 1);
+    return *out ? 0 : wserr_set(err, WALSHIP_ERR_NOMEM, "out of memory");
+}
+
+void seg_stream_feed(seg_stream *s, const uint8_t *data, size_t n, int last) {
+    s->in = data;
+    s->in_len = data ? n : 0;
+    s->in_pos = 0;
+    s->last = last;
+}
+
+const seg_header *seg_stream_header(const seg_stream *s) {
+    return s->phase == PH_HEADER ? NULL : &s->h;
+}
+
+uint64_t seg_stream_compressed(const seg_stream *s) { return s->clen; }
+
+void seg_stream_free(seg_stream *s) {
+    if (s == NULL) return;
+    ZSTD_freeDCtx(s->dctx);
+    XXH3_freeState(s->xxh);
+    free(s->buf);
+    free(s);
+}
+
+/* Moves input after the end of the zstd frame into the trailer. */
+static int take_trailer(seg_stream *s, wserr *err) {
+    size_t left = s->in_len - s->in_pos, room = SEG_TRAILER_SIZE - s->trl_have;
+    size_t k = left < room ? left : room;
+    if (k > 0) memcpy(s->trl + s->trl_have, s->in + s->in_pos, k);
+    s->trl_have += k;
+    s->in_pos += k;
+    if (s->in_pos < s->in_len)
+        return stream_fail(s, err, "segment length does not match its trailer (bytes after it)");
+    return 0;
+}
+
+/* Makes at least k decompressed bytes available at buf[start..end).
+** Returns 1 if they are, 0 at the clean end of the body, 2 when the current
+** piece is used up, -1 on error. */
+static int need(seg_stream *s, size_t k, wserr *err) {
+    while (s->end - s->start < k) {
+        if (s->start > 0) {
+            memmove(s->buf, s->buf + s->start, s->end - s->start);
+            s->end -= s->start;
+            s->start = 0;
+        }
+        if (s->frame_done) {
+            if (s->end == 0) return 0;
+            stream_fail(s, err, "segment body ends inside a record");
+            return -1;
+        }
+        if (s->in_pos == s->in_len) {
+            if (!s->last) return 2;
+            if (s->partial) {
+                s->frame_done = 1; /* the flushed prefix is all there is */
+                continue;
+            }
+            stream_fail(s, err, "segment body is truncated");
+            return -1;
+        }
+        ZSTD_inBuffer in = {s->in, s->in_len, s->in_pos};
+        ZSTD_outBuffer o = {s->buf + s->end, s->cap - s->end, 0};
+        size_t r = ZSTD_decompressStream(s->dctx, &o, &in);
+        if (ZSTD_isError(r)) {
+            stream_fail(s, err, "segment body does not decompress: %s", ZSTD_getErrorName(r));
+            return -1;
+        }
+        s->clen += in.pos - s->in_pos;
+        s->in_pos = in.pos;
+        if (o.pos > 0) {
+            XXH3_64bits_update(s->xxh, s->buf + s->end, o.pos);
+            s->body_seen += o.pos;
+            s->end += o.pos;
+            if (!s->partial && s->body_seen > s->h.body_len) {
+                stream_fail(s, err, "segment body longer than its header says");
+                return -1;
+            }
+        }
+        if (r == 0) {
+            s->frame_done = 1;
+            if (s->partial) {
+                if (s->in_pos != s->in_len) {
+                    stream_fail(s, err, "bytes after the segment body");
+                    return -1;
+                }
+            } else if (take_trailer(s, err) != 0) {
+                return -1;
+            }
+        }
+    }
+    return 1;
+}
+
+/* The body ended cleanly: checks the counts, then the trailer. Returns 1
+** when everything matched (END), 2 when more input is needed, -1. */
+static int finish(seg_stream *s, wserr *err) {
+    if (s->partial) {
+        if (s->in_tx || s->ntx_seen != s->h.ntx) {
+            stream_fail(s, err, "recovered segment body is incomplete");
+            return -1;
+        }
+        return 1;
+    }
+    if (s->in_tx || s->ntx_seen != s->h.ntx || s->body_seen != s->h.body_len) {
+        stream_fail(s, err, "segment body is incomplete (%u of %u transactions)",
+                 s->ntx_seen, s->h.ntx);
+        return -1;
+    }
+    if (take_trailer(s, err) != 0) return -1;
+    if (s->trl_have < SEG_TRAILER_SIZE || !s->last) {
+        if (!s->last) return 2;
+        stream_fail(s, err, "segment trailer missing (truncated object?)");
+        return -1;
+    }
+    if (memcmp(s->trl + 16, SEG_TRAILER_MAGIC, 8) != 0) {
+        stream_fail(s, err, "segment trailer missing (truncated object?)");
+        return -1;
+    }
+    if (ws_get_be64(s->trl + 8) != s->clen) {
+        stream_fail(s, err, "segment length does not match its trailer");
+        return -1;
+    }
+    if (XXH3_64bits_digest(s->xxh) != ws_get_be64(s->trl)) {
+        stream_fail(s, err, "segment body checksum mismatch");
+        return -1;
+    }
+    return 1;
+}
+
+/* The header phase: collects 160 bytes and checks them. 1 when done, 2
+** when more input is needed, -1. */
+static int take_header(seg_stream *s, wserr *err) {
+    size_t left = s->in_len - s->in_pos, room = SEG_HEADER_SIZE - s->hdr_have;
+    size_t k = left < room ? left : room;
+    if (k > 0) memcpy(s->hdr + s->hdr_have, s->in + s->in_pos, k);
+    s->hdr_have += k;
+    s->in_pos += k;
+    if (s->hdr_have < SEG_HEADER_SIZE) {
+        if (!s->last) return 2;
+        stream_fail(s, err, "segment is %zu bytes, too short", s->hdr_have);
+        return -1;
+    }
+    seg_header h;
+    if (parse_header_magic(s->hdr, sizeof s->hdr, &h, SEG_MAGIC, err) != 0) {
+        s->phase = PH_FAILED;
+        s->fail_rc = WALSHIP_ERR_CORRUPT;
+        return -1;
+    }
+    stream_begin_body(s, &h);
+    return 1;
+}
+
+int seg_stream_next(seg_stream *s, seg_event *ev, wserr *err) {
+    memset(ev, 0, sizeof *ev);
+    if (s->phase == PH_FAILED)
+        return wserr_set(err, s->fail_rc, "segment: reading went on after a failure");
+    if (s->phase == PH_DONE) {
+        if (s->in_pos < s->in_len)
+            return stream_fail(s, err, "segment length does not match its trailer (bytes after it)");
+        ev->type = SEG_EV_END;
+        return 0;
+    }
+    if (s->phase == PH_HEADER) {
+        int r = take_header(s, err);
+        if (r < 0) return WALSHIP_ERR_CORRUPT;
+        if (r == 2) {
+            ev->type = SEG_EV_NEED;
+            return 0;
+        }
+        if (s->want_header) {
+            ev->type = SEG_EV_HEADER;
+            return 0;
+        }
+    }
+    int r = need(s, 1, err);
+    if (r < 0) return WALSHIP_ERR_CORRUPT;
+    if (r == 2) {
+        ev->type = SEG_EV_NEED;
+        return 0;
+    }
+    if (r == 0) {
+        r = finish(s, err);
+        if (r < 0) return WALSHIP_ERR_CORRUPT;
+        if (r == 2) {
+            ev->type = SEG_EV_NEED;
+            return 0;
+        }
+        s->phase = PH_DONE;
+        ev->type = SEG_EV_END;
+        return 0;
+    }
+    uint8_t tag = s->buf[s->start];
+    switch (tag) {
+    case REC_BEGIN:
+        if ((r = need(s, REC_BEGIN_SIZE, err)) != 1) goto short_record;
+        ev->type = SEG_EV_BEGIN;
+        ev->txid = ws_get_be64(s->buf + s->start + 1);
+        if (s->in_tx || ev->txid != s->next_txid || ev->txid > s->h.last_txid) {
+            return stream_fail(s, err, "segment: transaction %llu out of order",
+                     (unsigned long long)ev->txid);
+        }
+        s->in_tx = 1;
+        s->cur_txid = ev->txid;
+        s->cur_npages = 0;
+        s->start += REC_BEGIN_SIZE;
+        return 0;
+    case REC_PAGE: {
+        size_t sz = REC_PAGE_HEAD + s->h.page_size;
+        if ((r = need(s, sz, err)) != 1) goto short_record;
+        ev->type = SEG_EV_PAGE;
+        ev->pgno = ws_get_be32(s->buf + s->start + 1);
+        ev->page = s->buf + s->start + REC_PAGE_HEAD;
+        if (!s->in_tx || ev->pgno == 0 || ev->pgno > MAX_PGNO) {
+            return stream_fail(s, err, "segment: bad page record (page %u)", ev->pgno);
+        }
+        s->cur_npages++;
+        s->start += sz;
+        return 0;
+    }
+    case REC_COMMIT: {
+        if ((r = need(s, REC_COMMIT_SIZE, err)) != 1) goto short_record;
+        const uint8_t *p = s->buf + s->start;
+        ev->type = SEG_EV_COMMIT;
+        ev->txid = ws_get_be64(p + 1);
+        ev->commit_ms = (int64_t)ws_get_be64(p + 9);
+        ev->db_pages = ws_get_be32(p + 17);
+        ev->npages = ws_get_be32(p + 21);
+        ev->post_chk = ws_get_be64(p + 25);
+        if (!s->in_tx || ev->txid != s->cur_txid || ev->npages != s->cur_npages ||
+            ev->db_pages == 0 || ev->db_pages > MAX_PGNO) {
+            return stream_fail(s, err, "segment: bad commit record for %llu",
+                     (unsigned long long)ev->txid);
+        }
+        s->in_tx = 0;
+        s->next_txid = ev->txid + 1;
+        s->ntx_seen++;
+        s->start += REC_COMMIT_SIZE;
+        return 0;
+    }
+    default:
+        return stream_fail(s, err, "segment: unknown record tag %u", tag);
+    }
+short_record:
+    if (r < 0) return WALSHIP_ERR_CORRUPT;
+    if (r == 2) { /* the record continues in the next piece: nothing consumed */
+        memset(ev, 0, sizeof *ev);
+        ev->type = SEG_EV_NEED;
+        return 0;
+    }
+    return stream_fail(s, err, "segment body ends inside a record");
+}
 
 int seg_iter_open(const uint8_t *obj, size_t n, seg_iter **out, wserr *err) {
     *out = NULL;
@@ -336,163 +650,28 @@ int seg_iter_open(const uint8_t *obj, size_t n, seg_iter **out, wserr *err) {
     int rc = seg_parse(obj, n, &h, err);
     if (rc) return rc;
     seg_iter *it = calloc(1, sizeof *it);
-    if (it == NULL) return wserr_set(err, WALSHIP_ERR_NOMEM, "out of memory");
-    it->h = h;
-    it->body_xxh = ws_get_be64(obj + n - SEG_TRAILER_SIZE);
-    it->dctx = ZSTD_createDCtx();
-    it->cap = ITER_BUF;
-    it->buf = malloc(it->cap);
-    it->xxh = XXH3_createState();
-    if (it->dctx == NULL || it->buf == NULL || it->xxh == NULL) {
-        seg_iter_free(it);
+    if (it == NULL || (it->s = stream_new(0, 0)) == NULL) {
+        free(it);
         return wserr_set(err, WALSHIP_ERR_NOMEM, "out of memory");
     }
-    /* Bound the decoder's window so a hostile frame cannot demand gigabytes. */
-    ZSTD_DCtx_setParameter(it->dctx, ZSTD_d_windowLogMax, 27);
-    XXH3_64bits_reset(it->xxh);
-    it->in.src = obj + SEG_HEADER_SIZE;
-    it->in.size = n - SEG_HEADER_SIZE - SEG_TRAILER_SIZE;
-    it->in.pos = 0;
-    it->next_txid = h.first_txid;
+    stream_begin_body(it->s, &h);
+    seg_stream_feed(it->s, obj + SEG_HEADER_SIZE, n - SEG_HEADER_SIZE, 1);
     *out = it;
     return 0;
 }
 
-const seg_header *seg_iter_header(const seg_iter *it) { return &it->h; }
-
-/* Makes at least k bytes available at buf[start..end); returns 1 if they
-** are, 0 at the clean end of the body, -1 on error. */
-static int need(seg_iter *it, size_t k, wserr *err) {
-    while (it->end - it->start < k) {
-        if (it->start > 0) {
-            memmove(it->buf, it->buf + it->start, it->end - it->start);
-            it->end -= it->start;
-            it->start = 0;
-        }
-        if (it->frame_done) {
-            if (it->end == 0) return 0;
-            wserr_set(err, WALSHIP_ERR_CORRUPT, "segment body ends inside a record");
-            return -1;
-        }
-        ZSTD_outBuffer o = {it->buf + it->end, it->cap - it->end, 0};
-        size_t r = ZSTD_decompressStream(it->dctx, &o, &it->in);
-        if (ZSTD_isError(r)) {
-            wserr_set(err, WALSHIP_ERR_CORRUPT, "segment body does not decompress: %s",
-                      ZSTD_getErrorName(r));
-            return -1;
-        }
-        if (o.pos > 0) {
-            XXH3_64bits_update(it->xxh, it->buf + it->end, o.pos);
-            it->body_seen += o.pos;
-            it->end += o.pos;
-            if (!it->partial && it->body_seen > it->h.body_len) {
-                wserr_set(err, WALSHIP_ERR_CORRUPT, "segment body longer than its header says");
-                return -1;
-            }
-        }
-        if (r == 0) {
-            it->frame_done = 1;
-            if (it->in.pos != it->in.size) {
-                wserr_set(err, WALSHIP_ERR_CORRUPT, "bytes after the segment body");
-                return -1;
-            }
-        } else if (o.pos == 0 && it->in.pos == it->in.size) {
-            if (it->partial) {
-                it->frame_done = 1; /* the flushed prefix is all there is */
-                continue;
-            }
-            wserr_set(err, WALSHIP_ERR_CORRUPT, "segment body is truncated");
-            return -1;
-        }
-    }
-    return 1;
-}
+const seg_header *seg_iter_header(const seg_iter *it) { return &it->s->h; }
 
 int seg_iter_next(seg_iter *it, seg_event *ev, wserr *err) {
-    memset(ev, 0, sizeof *ev);
-    if (it->done) {
-        ev->type = SEG_EV_END;
-        return 0;
-    }
-    int r = need(it, 1, err);
-    if (r < 0) return WALSHIP_ERR_CORRUPT;
-    if (r == 0 && it->partial) {
-        if (it->in_tx || it->ntx_seen != it->h.ntx)
-            return wserr_set(err, WALSHIP_ERR_CORRUPT, "recovered segment body is incomplete");
-        it->done = 1;
-        ev->type = SEG_EV_END;
-        return 0;
-    }
-    if (r == 0) {
-        if (it->in_tx || it->ntx_seen != it->h.ntx || it->body_seen != it->h.body_len)
-            return wserr_set(err, WALSHIP_ERR_CORRUPT,
-                             "segment body is incomplete (%u of %u transactions)", it->ntx_seen,
-                             it->h.ntx);
-        if (XXH3_64bits_digest(it->xxh) != it->body_xxh)
-            return wserr_set(err, WALSHIP_ERR_CORRUPT, "segment body checksum mismatch");
-        it->done = 1;
-        ev->type = SEG_EV_END;
-        return 0;
-    }
-    uint8_t tag = it->buf[it->start];
-    switch (tag) {
-    case REC_BEGIN:
-        if (need(it, REC_BEGIN_SIZE, err) != 1) goto truncated;
-        ev->type = SEG_EV_BEGIN;
-        ev->txid = ws_get_be64(it->buf + it->start + 1);
-        if (it->in_tx || ev->txid != it->next_txid || ev->txid > it->h.last_txid)
-            return wserr_set(err, WALSHIP_ERR_CORRUPT, "segment: transaction %llu out of order",
-                             (unsigned long long)ev->txid);
-        it->in_tx = 1;
-        it->cur_txid = ev->txid;
-        it->cur_npages = 0;
-        it->start += REC_BEGIN_SIZE;
-        return 0;
-    case REC_PAGE: {
-        size_t sz = REC_PAGE_HEAD + it->h.page_size;
-        if (need(it, sz, err) != 1) goto truncated;
-        ev->type = SEG_EV_PAGE;
-        ev->pgno = ws_get_be32(it->buf + it->start + 1);
-        ev->page = it->buf + it->start + REC_PAGE_HEAD;
-        if (!it->in_tx || ev->pgno == 0 || ev->pgno > MAX_PGNO)
-            return wserr_set(err, WALSHIP_ERR_CORRUPT, "segment: bad page record (page %u)",
-                             ev->pgno);
-        it->cur_npages++;
-        it->start += sz;
-        return 0;
-    }
-    case REC_COMMIT: {
-        if (need(it, REC_COMMIT_SIZE, err) != 1) goto truncated;
-        const uint8_t *p = it->buf + it->start;
-        ev->type = SEG_EV_COMMIT;
-        ev->txid = ws_get_be64(p + 1);
-        ev->commit_ms = (int64_t)ws_get_be64(p + 9);
-        ev->db_pages = ws_get_be32(p + 17);
-        ev->npages = ws_get_be32(p + 21);
-        ev->post_chk = ws_get_be64(p + 25);
-        if (!it->in_tx || ev->txid != it->cur_txid || ev->npages != it->cur_npages ||
-            ev->db_pages == 0 || ev->db_pages > MAX_PGNO)
-            return wserr_set(err, WALSHIP_ERR_CORRUPT, "segment: bad commit record for %llu",
-                             (unsigned long long)ev->txid);
-        it->in_tx = 0;
-        it->next_txid = ev->txid + 1;
-        it->ntx_seen++;
-        it->start += REC_COMMIT_SIZE;
-        return 0;
-    }
-    default:
-        return wserr_set(err, WALSHIP_ERR_CORRUPT, "segment: unknown record tag %u", tag);
-    }
-truncated:
-    if (err && err->code) return err->code;
-    return wserr_set(err, WALSHIP_ERR_CORRUPT, "segment body ends inside a record");
+    int rc = seg_stream_next(it->s, ev, err);
+    if (rc == 0 && ev->type == SEG_EV_NEED) /* everything was fed: cannot happen */
+        return stream_fail(it->s, err, "segment body is truncated");
+    return rc;
 }
 
 void seg_iter_free(seg_iter *it) {
     if (it == NULL) return;
-    ZSTD_freeDCtx(it->dctx);
-    XXH3_freeState(it->xxh);
-    free(it->buf);
+    seg_stream_free(it->s);
     free(it);
 }
 
@@ -506,43 +685,31 @@ int seg_recover(const uint8_t *file, size_t n, int out_fd, int zstd_level, seg_h
     uint64_t clen = h.body_len;
     if (clen > n - SEG_HEADER_SIZE)
         return wserr_set(err, WALSHIP_ERR_CORRUPT, "segment file shorter than its durability point");
-    seg_iter *it = calloc(1, sizeof *it);
-    if (it == NULL) return wserr_set(err, WALSHIP_ERR_NOMEM, "out of memory");
-    it->h = h;
-    it->partial = 1;
-    it->dctx = ZSTD_createDCtx();
-    it->cap = ITER_BUF;
-    it->buf = malloc(it->cap);
-    it->xxh = XXH3_createState();
+    seg_stream *s = stream_new(1, 0);
+    if (s == NULL) return wserr_set(err, WALSHIP_ERR_NOMEM, "out of memory");
+    stream_begin_body(s, &h);
+    seg_stream_feed(s, file + SEG_HEADER_SIZE, (size_t)clen, 1);
     seg_writer *w = NULL;
-    if (it->dctx == NULL || it->buf == NULL || it->xxh == NULL) {
-        rc = wserr_set(err, WALSHIP_ERR_NOMEM, "out of memory");
-        goto out;
-    }
-    ZSTD_DCtx_setParameter(it->dctx, ZSTD_d_windowLogMax, 27);
-    XXH3_64bits_reset(it->xxh);
-    it->in.src = file + SEG_HEADER_SIZE;
-    it->in.size = (size_t)clen;
-    it->next_txid = h.first_txid;
     rc = seg_writer_open(out_fd, h.page_size, h.db_id, h.generation, h.first_txid, h.pre_chk,
                          h.db_pages_before, zstd_level, &w, err);
     while (rc == 0) {
         seg_event ev;
-        rc = seg_iter_next(it, &ev, err);
+        rc = seg_stream_next(s, &ev, err);
         if (rc || ev.type == SEG_EV_END) break;
         if (ev.type == SEG_EV_BEGIN)
             rc = seg_writer_begin_tx(w, ev.txid, err);
         else if (ev.type == SEG_EV_PAGE)
             rc = seg_writer_page(w, ev.pgno, ev.page, err);
-        else
+        else if (ev.type == SEG_EV_COMMIT)
             rc = seg_writer_commit_tx(w, ev.txid, ev.commit_ms, ev.db_pages, ev.npages,
                                       ev.post_chk, err);
+        else
+            rc = stream_fail(s, err, "recovered segment body is incomplete");
     }
     if (rc == 0 && (seg_writer_ntx(w) != h.ntx || w->h.post_chk != h.post_chk))
         rc = wserr_set(err, WALSHIP_ERR_CORRUPT, "recovered segment does not match its header");
     if (rc == 0) rc = seg_writer_finish(w, &h.resume, hdr_out, err);
-out:
     seg_writer_free(w);
-    seg_iter_free(it);
+    seg_stream_free(s);
     return rc;
 }

@@ -224,8 +224,9 @@ int snap_parse_footer(const uint8_t *b, size_t n, uint64_t obj_size, snap_footer
     f->db_id = ws_get_be64(b + 128);
     uint64_t ilen = (uint64_t)f->index_count * SNAP_INDEX_ENTRY_SIZE;
     if (!ws_page_size_valid(f->page_size) || f->db_pages == 0 || f->db_pages > 0x7fffffffu ||
-        f->txid == 0 || f->index_count > SNAP_MAX_CHUNKS || f->index_off < SNAP_FILE_HDR_SIZE ||
-        f->index_off + ilen != obj_size - SNAP_FOOTER_SIZE)
+        f->txid == 0 || f->txid >= WS_TXID_LIMIT || f->index_count > SNAP_MAX_CHUNKS ||
+        f->index_off < SNAP_FILE_HDR_SIZE || f->index_off > obj_size - SNAP_FOOTER_SIZE ||
+        obj_size - SNAP_FOOTER_SIZE - f->index_off != ilen) /* never wraps */
         return wserr_set(err, WALSHIP_ERR_CORRUPT, "snapshot footer has inconsistent fields");
     return 0;
 }
@@ -251,7 +252,10 @@ int snap_parse_index(const uint8_t *b, size_t n, const snap_footer *f, uint64_t 
         x->offset = ws_get_be64(e + 16);
         x->ulen = ws_get_be32(e + 24);
         x->xxh = ws_get_be64(e + 32);
-        int ok = x->offset == next_off && x->clen > 0 && x->ulen <= SNAP_CHUNK_BYTES &&
+        /* A chunk is at most 4 MiB; compressed, at most zstd's bound for that
+        ** (so a download of one never exceeds it). */
+        int ok = x->offset == next_off && x->clen > 0 &&
+                 x->clen <= ZSTD_compressBound(SNAP_CHUNK_BYTES) && x->ulen <= SNAP_CHUNK_BYTES &&
                  x->offset + x->clen <= f->index_off && x->count > 0 && ws_get_be32(e + 28) == 0;
         if (ok && x->kind == SNAP_CHUNK_BASE) {
             ok = !seen_overlay && x->first_pgno == next_pgno &&

@@ -131,10 +131,12 @@
 #define CKPT_WAIT_MS 50
 #define RESTART_WAIT_MS 30
 #define NBAD 64
+#define NIGNORED_GENS 64
 #define RATE_BUCKETS 10
 
 enum { PHASE_INIT, PHASE_BOOTSTRAP, PHASE_RESUME, PHASE_FOLLOW, PHASE_REBOOTSTRAP };
-enum { KIND_NONE, KIND_CORRUPT, KIND_DIVERGED, KIND_LOCAL };
+/* What went wrong with a segment (KIND_NONE must be 0: jobv starts zeroed). */
+enum { KIND_NONE = 0, KIND_CORRUPT, KIND_DIVERGED, KIND_LOCAL, KIND_FOREIGN, KIND_STORE };
 
 /* The recorded position (docs/FORMAT.md: replica state). */
 typedef struct rep_state {
@@ -213,7 +215,21 @@ struct replica {
     undo_ent *undo;
     size_t nundo, undo_cap;
 
+    /* whose history this is: the destination's owner and the generation's
+    ** identity, from the catalog at each (re-)bootstrap, or loaded after a
+    ** resume; segments are checked against them */
+    int have_ident;
+    catalog ident;     /* only has_owner and owner are used */
+    cat_gen gen_ident; /* id, db_id, page_size */
+    uint64_t ignored_gens[NIGNORED_GENS]; /* another database's generations: never switched to */
+    int nignored_gens;
+    uint64_t switch_gen; /* the newer generation a re-bootstrap was asked to switch to */
+    char warned[NBAD][256]; /* listed keys already warned about as impossible */
+    int nwarned;
+
     /* following */
+    const seg_ref *const *round_chain; /* the segments being downloaded (check_segment) */
+    uint8_t *jobv;                     /* per download: what its header check found */
     char cursor[512];
     seg_ref *cands;
     size_t ncands;
@@ -744,148 +760,221 @@ static void mark_rollback(replica *r, const rep_mark *m) {
 }
 
 /* ---- applying one segment --------------------------------------------------------- */
-/* Applies the transactions of obj after r->txid. On failure *kind says what
-** kind of failure it was; the caller rolls back to its mark. */
-static int apply_segment(replica *r, const seg_ref *s, const wsbuf *obj, int *kind,
-                         uint64_t *ntx, uint64_t *npages, wserr *err) {
-    *kind = KIND_NONE;
-    seg_iter *it = NULL;
-    int rc = seg_iter_open(obj->p, obj->len, &it, err);
-    if (rc) {
-        *kind = KIND_CORRUPT;
-        return wserr_prefix(err, "segment %s", s->key);
+/* Where the walk of one segment stands. */
+typedef struct seg_apply {
+    const seg_ref *s;
+    int skipping, in_tx;
+    uint32_t tx_frames;
+    uint64_t mismatch_txid; /* a transaction did not give its checksum: read on, then say so */
+    uint64_t *ntx, *npages;
+} seg_apply;
+
+/* The segment's header, the moment it arrived: it must be this history's
+** (key, generation, page size, database id, the owner's lineage) and start
+** from the replica's state. */
+static int apply_header(replica *r, seg_apply *a, const seg_header *h, int *kind, wserr *err) {
+    char why[240];
+    cat_seg key = {.first = a->s->first, .last = a->s->last, .key = a->s->key};
+    int foreign = cat_seg_header_belongs(&r->ident, &r->gen_ident, &key, h, why, sizeof why);
+    if (!foreign && h->page_size != r->page_size) {
+        snprintf(why, sizeof why, "its page size %u is not the replica's %u", h->page_size,
+                 r->page_size);
+        foreign = 1;
     }
-    const seg_header *h = seg_iter_header(it);
-    if (h->generation != r->gen || h->first_txid != s->first || h->last_txid != s->last ||
-        h->page_size != r->page_size) {
-        seg_iter_free(it);
-        *kind = KIND_CORRUPT;
+    if (foreign) {
+        *kind = KIND_FOREIGN;
         return wserr_set(err, WALSHIP_ERR_CORRUPT,
-                         "segment %s does not hold what its name says (generation, TXIDs or page "
-                         "size differ)",
-                         s->key);
+                         "segment %s is not part of this history (%s); it is ignored", a->s->key,
+                         why);
     }
     if (h->first_txid == r->txid + 1 && h->pre_chk != r->roll.chk) {
-        seg_iter_free(it);
         *kind = KIND_DIVERGED;
         return wserr_set(err, WALSHIP_ERR_CORRUPT,
                          "segment %s starts from a database that differs from the replica's at "
                          "TXID %" PRIu64 " (checksum mismatch)",
-                         s->key, r->txid);
+                         a->s->key, r->txid);
     }
     if (h->first_txid > r->txid + 1) {
-        seg_iter_free(it);
         *kind = KIND_CORRUPT;
         return wserr_set(err, WALSHIP_ERR_STATE, "segment %s does not follow TXID %" PRIu64,
-                         s->key, r->txid);
+                         a->s->key, r->txid);
     }
-    int skipping = 1, in_tx = 0;
-    uint32_t tx_frames = 0;
-    uint64_t mismatch_txid = 0;
-    for (;;) {
-        seg_event ev;
-        rc = seg_iter_next(it, &ev, err);
-        if (rc) {
+    status_lock(r);
+    r->first_unapplied_ms = h->first_commit_ms; /* for lag */
+    status_unlock(r);
+    return 0;
+}
+
+/* Applies one event of the segment. */
+static int apply_event(replica *r, seg_apply *a, const seg_event *ev, int *kind, wserr *err) {
+    int rc = 0;
+    if (a->mismatch_txid) return 0; /* reading on only to tell damage from divergence */
+    if (ev->type == SEG_EV_BEGIN) {
+        a->skipping = ev->txid <= r->txid;
+        if (!a->skipping && ev->txid != r->txid + 1) {
             *kind = KIND_CORRUPT;
-            wserr_prefix(err, "segment %s", s->key);
+            return wserr_set(err, WALSHIP_ERR_CORRUPT,
+                             "segment %s: transaction %" PRIu64 " follows %" PRIu64 " (gap)",
+                             a->s->key, ev->txid, r->txid);
+        }
+        if (!a->skipping) {
+            ws_rolling_begin(&r->roll);
+            a->in_tx = 1;
+            a->tx_frames = 0;
+        }
+    } else if (ev->type == SEG_EV_PAGE) {
+        if (a->skipping) return 0;
+        if (undo_push(r, ev->pgno, ws_rolling_get(&r->roll, ev->pgno)) != 0 ||
+            ws_rolling_page(&r->roll, ev->pgno, ev->page) != 0) {
+            *kind = KIND_LOCAL;
+            return wserr_set(err, WALSHIP_ERR_NOMEM, "out of memory");
+        }
+        if ((rc = walapp_page(r->app, ev->pgno, ev->page, err))) {
+            *kind = KIND_LOCAL;
+            return rc;
+        }
+        if (ev->pgno == 1) memcpy(r->page1, ev->page, r->page_size);
+        a->tx_frames++;
+    } else if (ev->type == SEG_EV_COMMIT) {
+        if (a->skipping) {
+            if (ev->txid == r->txid && ev->post_chk != r->roll.chk) a->mismatch_txid = ev->txid;
+            return 0;
+        }
+        ws_rolling *ro = &r->roll;
+        uint32_t before = ro->tx_before, hi = before > ro->tx_max ? before : ro->tx_max;
+        /* Pages the database grows by without a frame read as zeros on
+        ** the primary (rolling.h); write them, or SQLite could find an
+        ** older frame of the page in this WAL. */
+        for (uint32_t p = before + 1; p <= ev->db_pages && rc == 0; p++) {
+            if (ws_rolling_get(ro, p) != 0) continue;
+            if ((rc = walapp_page(r->app, p, r->zero, err))) *kind = KIND_LOCAL;
+            a->tx_frames++;
+            if (undo_push(r, p, 0) != 0) {
+                *kind = KIND_LOCAL;
+                rc = wserr_set(err, WALSHIP_ERR_NOMEM, "out of memory");
+            }
+        }
+        for (uint32_t p = ev->db_pages + 1; p <= hi && rc == 0; p++) {
+            uint64_t old = ws_rolling_get(ro, p);
+            if (old != 0 && undo_push(r, p, old) != 0) {
+                *kind = KIND_LOCAL;
+                rc = wserr_set(err, WALSHIP_ERR_NOMEM, "out of memory");
+            }
+        }
+        if (rc) return rc;
+        if (ws_rolling_commit(ro, ev->db_pages) != 0) {
+            *kind = KIND_LOCAL;
+            return wserr_set(err, WALSHIP_ERR_NOMEM, "out of memory");
+        }
+        a->in_tx = 0;
+        if (ro->chk != ev->post_chk) {
+            a->mismatch_txid = ev->txid;
+            return 0;
+        }
+        /* SQLite commits always carry a frame; keep one per
+        ** transaction even if a segment held none (page 1 again). */
+        if (a->tx_frames == 0 && (rc = walapp_page(r->app, 1, r->page1, err))) {
+            *kind = KIND_LOCAL;
+            return rc;
+        }
+        if ((rc = walapp_commit(r->app, ev->db_pages, err))) {
+            *kind = KIND_LOCAL;
+            return rc;
+        }
+        r->txid = ev->txid;
+        r->commit_ms = ev->commit_ms;
+        (*a->ntx)++;
+        *a->npages += a->tx_frames;
+    }
+    return 0;
+}
+
+/* Applies the transactions after r->txid of segment s, which streams in
+** as fetcher job `job` (bounded memory whatever its size). On failure
+** *kind says what kind of failure it was; the caller rolls back to its
+** mark. */
+static int apply_segment(replica *r, const seg_ref *s, fetcher *fe, size_t job, int *kind,
+                         uint64_t *ntx, uint64_t *npages, wserr *err) {
+    *kind = KIND_NONE;
+    seg_apply a = {.s = s, .skipping = 1, .ntx = ntx, .npages = npages};
+    seg_stream *ss = NULL;
+    wsbuf piece = {0};
+    int rc = seg_stream_open(&ss, err), eof = 0, ended = 0;
+    if (rc) *kind = KIND_LOCAL;
+    while (rc == 0 && !ended) {
+        wserr e = {0};
+        rc = fetch_read(fe, job, &piece, &eof, &e);
+        if (rc) {
+            /* the header check's verdict; else damaged or gone (refused for
+            ** a while), or the store failing (retried) */
+            *err = e;
+            if (r->jobv[job]) {
+                *kind = r->jobv[job];
+            } else {
+                *kind = rc == WALSHIP_ERR_CORRUPT || rc == WALSHIP_ERR_NOTFOUND ? KIND_CORRUPT
+                                                                               : KIND_STORE;
+                wserr_prefix(err, "download %s", s->key);
+            }
             break;
         }
-        if (ev.type == SEG_EV_END) break;
-        if (mismatch_txid) continue; /* reading on only to tell damage from divergence */
-        if (ev.type == SEG_EV_BEGIN) {
-            skipping = ev.txid <= r->txid;
-            if (!skipping && ev.txid != r->txid + 1) {
+        seg_stream_feed(ss, piece.p, piece.len, eof);
+        for (;;) {
+            seg_event ev;
+            if ((rc = seg_stream_next(ss, &ev, err))) {
                 *kind = KIND_CORRUPT;
-                rc = wserr_set(err, WALSHIP_ERR_CORRUPT,
-                               "segment %s: transaction %" PRIu64 " follows %" PRIu64 " (gap)",
-                               s->key, ev.txid, r->txid);
+                wserr_prefix(err, "segment %s", s->key);
                 break;
             }
-            if (!skipping) {
-                ws_rolling_begin(&r->roll);
-                in_tx = 1;
-                tx_frames = 0;
-            }
-        } else if (ev.type == SEG_EV_PAGE) {
-            if (skipping) continue;
-            if (undo_push(r, ev.pgno, ws_rolling_get(&r->roll, ev.pgno)) != 0 ||
-                ws_rolling_page(&r->roll, ev.pgno, ev.page) != 0) {
-                *kind = KIND_LOCAL;
-                rc = wserr_set(err, WALSHIP_ERR_NOMEM, "out of memory");
+            if (ev.type == SEG_EV_NEED) break;
+            if (ev.type == SEG_EV_END) {
+                ended = 1;
                 break;
             }
-            if ((rc = walapp_page(r->app, ev.pgno, ev.page, err))) {
-                *kind = KIND_LOCAL;
-                break;
-            }
-            if (ev.pgno == 1) memcpy(r->page1, ev.page, r->page_size);
-            tx_frames++;
-        } else if (ev.type == SEG_EV_COMMIT) {
-            if (skipping) {
-                if (ev.txid == r->txid && ev.post_chk != r->roll.chk) mismatch_txid = ev.txid;
-                continue;
-            }
-            ws_rolling *ro = &r->roll;
-            uint32_t before = ro->tx_before, hi = before > ro->tx_max ? before : ro->tx_max;
-            /* Pages the database grows by without a frame read as zeros on
-            ** the primary (rolling.h); write them, or SQLite could find an
-            ** older frame of the page in this WAL. */
-            for (uint32_t p = before + 1; p <= ev.db_pages && rc == 0; p++) {
-                if (ws_rolling_get(ro, p) != 0) continue;
-                if ((rc = walapp_page(r->app, p, r->zero, err))) *kind = KIND_LOCAL;
-                tx_frames++;
-                if (undo_push(r, p, 0) != 0) {
-                    *kind = KIND_LOCAL;
-                    rc = wserr_set(err, WALSHIP_ERR_NOMEM, "out of memory");
-                }
-            }
-            for (uint32_t p = ev.db_pages + 1; p <= hi && rc == 0; p++) {
-                uint64_t old = ws_rolling_get(ro, p);
-                if (old != 0 && undo_push(r, p, old) != 0) {
-                    *kind = KIND_LOCAL;
-                    rc = wserr_set(err, WALSHIP_ERR_NOMEM, "out of memory");
-                }
-            }
+            rc = ev.type == SEG_EV_HEADER ? apply_header(r, &a, seg_stream_header(ss), kind, err)
+                                          : apply_event(r, &a, &ev, kind, err);
             if (rc) break;
-            if (ws_rolling_commit(ro, ev.db_pages) != 0) {
-                *kind = KIND_LOCAL;
-                rc = wserr_set(err, WALSHIP_ERR_NOMEM, "out of memory");
-                break;
-            }
-            in_tx = 0;
-            if (ro->chk != ev.post_chk) {
-                mismatch_txid = ev.txid;
-                continue;
-            }
-            /* SQLite commits always carry a frame; keep one per
-            ** transaction even if a segment held none (page 1 again). */
-            if (tx_frames == 0 && (rc = walapp_page(r->app, 1, r->page1, err))) {
-                *kind = KIND_LOCAL;
-                break;
-            }
-            if ((rc = walapp_commit(r->app, ev.db_pages, err))) {
-                *kind = KIND_LOCAL;
-                break;
-            }
-            r->txid = ev.txid;
-            r->commit_ms = ev.commit_ms;
-            (*ntx)++;
-            *npages += tx_frames;
+        }
+        if (rc == 0 && eof && !ended) { /* the last piece always ends the walk */
+            *kind = KIND_CORRUPT;
+            rc = wserr_set(err, WALSHIP_ERR_CORRUPT, "segment %s ends early", s->key);
         }
     }
-    seg_iter_free(it);
-    if (rc == 0 && in_tx && !mismatch_txid) {
+    wsbuf_free(&piece);
+    seg_stream_free(ss);
+    if (rc == 0 && a.in_tx && !a.mismatch_txid) {
         *kind = KIND_CORRUPT;
         rc = wserr_set(err, WALSHIP_ERR_CORRUPT, "segment %s ends inside a transaction", s->key);
     }
-    if (rc == 0 && mismatch_txid) {
+    if (rc == 0 && a.mismatch_txid) {
         *kind = KIND_DIVERGED;
         rc = wserr_set(err, WALSHIP_ERR_CORRUPT,
                        "transaction %" PRIu64 " of segment %s does not produce the checksum the "
                        "primary recorded: the replica's database differs from the primary's",
-                       mismatch_txid, s->key);
+                       a.mismatch_txid, s->key);
     }
     return rc;
+}
+
+/* fetch_check_fn for segment downloads: the header, the moment it is in
+** (runs in a download thread; reads only what does not change during a
+** round). */
+static int check_segment(void *ctx, size_t job, const uint8_t *head, size_t n, wserr *err) {
+    replica *r = ctx;
+    const seg_ref *s = r->round_chain[job];
+    seg_header h;
+    char why[240];
+    cat_seg key = {.first = s->first, .last = s->last, .key = s->key};
+    int rc = seg_parse_header(head, n, &h, err);
+    if (rc) {
+        r->jobv[job] = KIND_CORRUPT;
+        return wserr_prefix(err, "segment %s", s->key);
+    }
+    if (cat_seg_header_belongs(&r->ident, &r->gen_ident, &key, &h, why, sizeof why)) {
+        r->jobv[job] = KIND_FOREIGN;
+        return wserr_set(err, WALSHIP_ERR_CORRUPT,
+                         "segment %s is not part of this history (%s); it is ignored", s->key, why);
+    }
+    return 0;
 }
 
 /* ---- the write lock and foreign writes ------------------------------------------- */
@@ -1063,34 +1152,99 @@ static int list_store(replica *r, const char *prefix, const char *after, store_o
     return rc;
 }
 
+static int gen_ignored(const replica *r, uint64_t gen) {
+    for (int i = 0; i < r->nignored_gens; i++)
+        if (r->ignored_gens[i] == gen) return 1;
+    return 0;
+}
+
+static void gen_ignore(replica *r, uint64_t gen) {
+    if (gen_ignored(r, gen)) return;
+    if (r->nignored_gens == NIGNORED_GENS) {
+        memmove(r->ignored_gens, r->ignored_gens + 1,
+                sizeof r->ignored_gens - sizeof r->ignored_gens[0]);
+        r->nignored_gens--;
+    }
+    r->ignored_gens[r->nignored_gens++] = gen;
+}
+
+/* Warns about an impossible key once per process (the listing repeats it). */
+static void warn_key_once(replica *r, const char *key, const char *why) {
+    for (int i = 0; i < r->nwarned && i < NBAD; i++)
+        if (strncmp(r->warned[i], key, sizeof r->warned[i] - 1) == 0) return;
+    ws_strlcpy(r->warned[r->nwarned % NBAD], key, sizeof r->warned[0]);
+    r->nwarned++;
+    char msg[400];
+    snprintf(msg, sizeof msg, "object %.250s is ignored: %s", key, why);
+    report(r, WS_LOG_WARN, "replica_object_ignored", msg);
+}
+
 /* Parses a listing: our generation's segments past r->txid become
-** candidates; the rest feeds li. */
+** candidates; the rest feeds li. Impossible names (a TXID of 0 or past
+** 2^63, first after last) and generations known to be another database's
+** are ignored. */
 static int take_listing(replica *r, store_objlist *l, listing_info *li, wserr *err) {
     for (size_t i = 0; i < l->n; i++) {
-        uint64_t g, a, b;
         const store_obj *o = &l->items[i];
-        if (objkey_parse_segment(o->key, &g, &a, &b) == 0) {
-            if (g > li->primary_gen) {
-                li->primary_gen = g;
-                li->primary_txid = 0;
-            }
-            if (g == li->primary_gen && b > li->primary_txid) li->primary_txid = b;
-            if (g != r->gen || b <= r->txid) continue;
-            seg_ref *c = realloc(r->cands, (r->ncands + 1) * sizeof *c);
-            if (c == NULL) return wserr_set(err, WALSHIP_ERR_NOMEM, "out of memory");
-            r->cands = c;
-            c[r->ncands++] = (seg_ref){o->key, a, b, o->mtime_ms, o->size};
-            l->items[i].key = NULL;
-        } else if (objkey_parse_snapshot(o->key, &g, &a) == 0) {
-            if (g > li->primary_gen) {
-                li->primary_gen = g;
-                li->primary_txid = 0;
-            }
-            if (g == li->primary_gen && a > li->primary_txid) li->primary_txid = a;
-            if (g > r->gen && g > li->newest_snap_gen) li->newest_snap_gen = g;
-            if (g == r->gen && a > li->own_snap_txid) li->own_snap_txid = a;
+        objkey k;
+        objkey_classify(o->key, &k);
+        if (k.kind == OBJKEY_BAD) {
+            warn_key_once(r, o->key, k.why);
+            continue;
         }
+        if ((k.kind != OBJKEY_SEGMENT && k.kind != OBJKEY_SNAPSHOT) || gen_ignored(r, k.gen))
+            continue;
+        if (k.gen > li->primary_gen) {
+            li->primary_gen = k.gen;
+            li->primary_txid = 0;
+        }
+        if (k.gen == li->primary_gen && k.last > li->primary_txid) li->primary_txid = k.last;
+        if (k.kind == OBJKEY_SNAPSHOT) {
+            if (k.gen > r->gen && k.gen > li->newest_snap_gen) li->newest_snap_gen = k.gen;
+            if (k.gen == r->gen && k.first > li->own_snap_txid) li->own_snap_txid = k.first;
+            continue;
+        }
+        if (k.gen != r->gen || k.last <= r->txid) continue;
+        seg_ref *c = realloc(r->cands, (r->ncands + 1) * sizeof *c);
+        if (c == NULL) return wserr_set(err, WALSHIP_ERR_NOMEM, "out of memory");
+        r->cands = c;
+        c[r->ncands++] = (seg_ref){o->key, k.first, k.last, o->mtime_ms, o->size};
+        l->items[i].key = NULL;
     }
+    return 0;
+}
+
+/* Takes whose history this is from a catalog (g: the replica's generation
+** in it, NULL if it is not there). */
+static void ident_from_catalog(replica *r, const catalog *cat, const cat_gen *g, uint64_t gen) {
+    r->ident.has_owner = cat->has_owner;
+    r->ident.owner = cat->owner;
+    memset(&r->gen_ident, 0, sizeof r->gen_ident);
+    r->gen_ident.id = gen;
+    if (g) {
+        r->gen_ident.db_id = g->db_id;
+        r->gen_ident.page_size = g->page_size;
+    }
+    for (size_t i = 0; i < cat->nignored_gens; i++) gen_ignore(r, cat->ignored_gens[i]);
+    r->have_ident = 1;
+}
+
+/* After a resume: loads the catalog for whose history this is. */
+static int load_ident(replica *r, wserr *err) {
+    catalog cat = {0};
+    int rc = catalog_load(r->st, &cat, err);
+    status_lock(r);
+    r->status.list_requests += cat.nlists;
+    r->status.get_requests += cat.ngets;
+    r->status.corrupt_objects += cat.ndamaged;
+    if (rc) r->status.store_errors++;
+    status_unlock(r);
+    if (rc) return rc;
+    const cat_gen *g = NULL;
+    for (size_t i = 0; i < cat.ngens; i++)
+        if (cat.gens[i].id == r->gen) g = &cat.gens[i];
+    ident_from_catalog(r, &cat, g, r->gen);
+    catalog_free(&cat);
     return 0;
 }
 
@@ -1147,7 +1301,7 @@ static int relist_generation(replica *r, wserr *err) {
     for (size_t i = 0; i < l.n; i++) {
         uint64_t gid, a, b;
         if (objkey_parse_segment(l.items[i].key, &gid, &a, &b) == 0 && gid == r->gen)
-            segs[g.nsegs++] = (cat_seg){a, b, l.items[i].key, l.items[i].size, l.items[i].mtime_ms};
+            segs[g.nsegs++] = (cat_seg){.first = a, .last = b, .key = l.items[i].key};
     }
     g.segs = segs;
     cursor_from_catalog(r, &g); /* keys are listed in order */
@@ -1177,25 +1331,45 @@ static void build_progress(void *ctx, uint64_t done, uint64_t total) {
     if (r->locked) status_write(r, 0);
 }
 
+/* Loads the catalog and plans the newest state. Damaged objects the
+** catalog found count as corrupt. */
+static int plan_latest(replica *r, catalog *cat, restore_plan *plan, wserr *err) {
+    restore_target t = {.kind = RESTORE_LATEST};
+    int rc = catalog_load(r->st, cat, err);
+    status_lock(r);
+    r->status.list_requests += cat->nlists;
+    r->status.get_requests += cat->ngets;
+    r->status.corrupt_objects += cat->ndamaged;
+    if (rc) r->status.store_errors++;
+    status_unlock(r);
+    if (rc) return rc;
+    return restore_plan_make(r->st, cat, &t, plan, err);
+}
+
+/* Restores the planned state into fd; what it refused as damaged counts,
+** whether it succeeds or not. On success whose history this is is taken
+** from the catalog. */
+static int restore_planned(replica *r, const catalog *cat, const restore_plan *plan, int fd,
+                           ws_rolling *roll, restore_result *res, wserr *err) {
+    int rc = restore_build(r->st, plan, fd, r->o.parallel, roll, res, build_progress, r, err);
+    status_lock(r);
+    r->status.bytes_downloaded += plan->bytes;
+    r->status.get_requests += plan->nchain + 1;
+    r->status.corrupt_objects += res->damaged;
+    status_unlock(r);
+    if (rc == 0) ident_from_catalog(r, cat, plan->gen, res->generation);
+    return rc;
+}
+
 /* Restores the newest state into fd. On success the plan's generation and
 ** the catalog are returned for placing the cursor. */
 static int restore_latest(replica *r, int fd, ws_rolling *roll, restore_result *res,
                           catalog *cat, const cat_gen **gen, wserr *err) {
     restore_plan plan = {0};
-    restore_target t = {.kind = RESTORE_LATEST};
-    int rc = catalog_load(r->st, cat, err);
-    status_lock(r);
-    r->status.list_requests++;
-    if (rc) r->status.store_errors++;
-    status_unlock(r);
-    if (rc) return rc;
-    if ((rc = restore_plan_make(r->st, cat, &t, &plan, err))) return rc;
-    rc = restore_build(r->st, &plan, fd, r->o.parallel, roll, res, build_progress, r, err);
+    memset(res, 0, sizeof *res);
+    int rc = plan_latest(r, cat, &plan, err);
+    if (rc == 0) rc = restore_planned(r, cat, &plan, fd, roll, res, err);
     *gen = plan.gen;
-    status_lock(r);
-    r->status.bytes_downloaded += plan.bytes;
-    r->status.get_requests += plan.nchain + 1;
-    status_unlock(r);
     restore_plan_free(&plan);
     return rc;
 }
@@ -1407,7 +1581,28 @@ static int rebootstrap(replica *r, wserr *err) {
     const cat_gen *g = NULL;
     uint8_t *page = NULL;
     int locked = 0;
-    int rc = restore_latest(r, fd, &target, &res, &cat, &g, err);
+    restore_plan plan = {0};
+    memset(&res, 0, sizeof res);
+    int rc = plan_latest(r, &cat, &plan, err);
+    if (rc == 0 && r->switch_gen > r->gen && plan.gen->id == r->gen) {
+        /* The newer generation that asked for the switch is not this
+        ** history's, or holds nothing usable: stay, and stop looking at it. */
+        char msg[300];
+        snprintf(msg, sizeof msg,
+                 "generation %016" PRIx64 " is ignored: it is not this destination's history, "
+                 "or none of its snapshots can be used (see the warnings)",
+                 r->switch_gen);
+        report(r, WS_LOG_WARN, "replica_generation_ignored", msg);
+        gen_ignore(r, r->switch_gen);
+        ident_from_catalog(r, &cat, plan.gen, r->gen);
+        r->switch_gen = 0;
+        r->phase = PHASE_FOLLOW;
+        restore_plan_free(&plan);
+        goto out;
+    }
+    if (rc == 0) rc = restore_planned(r, &cat, &plan, fd, &target, &res, err);
+    g = plan.gen;
+    restore_plan_free(&plan);
     if (rc) goto out;
     if (res.page_size != r->page_size) {
         rc = wserr_set(err, WALSHIP_ERR_UNSUPPORTED,
@@ -1496,6 +1691,7 @@ static int rebootstrap(replica *r, wserr *err) {
             r->path, r->rebootstrap_why, r->gen, r->txid, nframes);
     r->phase = PHASE_FOLLOW;
     r->view_untrusted = 0;
+    r->switch_gen = 0;
     r->rebootstrap_backoff_ms = 0;
 out:
     if (locked) walapp_end(r->app);
@@ -1593,8 +1789,11 @@ static void checkpoint_phase(replica *r, int idle) {
 }
 
 /* ---- following -------------------------------------------------------------------- */
-/* Applies downloaded segments under one hold of the write lock. */
-static int apply_batch(replica *r, const seg_ref *const *chain, wsbuf *objs, size_t n,
+static void store_failed(replica *r, const wserr *e);
+
+/* Applies the chain's segments, streaming in from fe, under one hold of
+** the write lock. */
+static int apply_batch(replica *r, const seg_ref *const *chain, fetcher *fe, size_t n,
                        size_t *applied, wserr *err) {
     *applied = 0;
     walapp_info info;
@@ -1626,17 +1825,25 @@ static int apply_batch(replica *r, const seg_ref *const *chain, wsbuf *objs, siz
         mark_get(r, &m);
         int kind = KIND_NONE;
         uint64_t tx0 = ntx, pg0 = npages;
-        rc = apply_segment(r, chain[i], &objs[i], &kind, &ntx, &npages, err);
+        rc = apply_segment(r, chain[i], fe, i, &kind, &ntx, &npages, err);
         if (rc) {
             mark_rollback(r, &m);
             ntx = tx0;
             npages = pg0;
-            if (kind == KIND_CORRUPT) {
+            if (kind == KIND_CORRUPT || kind == KIND_FOREIGN) {
+                /* refused for a while; another segment holding the same
+                ** transactions is taken if there is one */
                 bad_mark(r, chain[i]->key);
                 status_lock(r);
-                r->status.corrupt_objects++;
+                if (kind == KIND_CORRUPT) r->status.corrupt_objects++;
                 status_unlock(r);
-                report(r, WS_LOG_ERROR, "replica_corrupt_object", err->msg);
+                report(r, kind == KIND_CORRUPT ? WS_LOG_ERROR : WS_LOG_WARN,
+                       kind == KIND_CORRUPT ? "replica_corrupt_object" : "replica_object_ignored",
+                       err->msg);
+                r->cursor[0] = '\0'; /* relist: the range may be held elsewhere */
+                rc = 0;
+            } else if (kind == KIND_STORE) {
+                store_failed(r, err);
                 rc = 0;
             } else if (kind == KIND_DIVERGED) {
                 status_lock(r);
@@ -1673,36 +1880,6 @@ static int apply_batch(replica *r, const seg_ref *const *chain, wsbuf *objs, siz
         return state_save(r, 0, NULL, err);
     }
     return 0;
-}
-
-/* Downloads the chain (in parallel when there are several). */
-static int download(replica *r, const seg_ref *const *chain, size_t n, wsbuf *objs, wserr *err) {
-    int rc = 0;
-    if (n == 1) {
-        rc = store_get(r->st, chain[0]->key, &objs[0], err);
-        if (rc) wserr_prefix(err, "download %s", chain[0]->key);
-    } else {
-        fetch_job *jobs = calloc(n, sizeof *jobs);
-        if (jobs == NULL) return wserr_set(err, WALSHIP_ERR_NOMEM, "out of memory");
-        for (size_t i = 0; i < n; i++) jobs[i] = (fetch_job){chain[i]->key, 0, 0};
-        fetcher *f = NULL;
-        int par = r->o.parallel;
-        rc = fetch_start(r->st, jobs, n, par, (size_t)par * 2, &f, err);
-        for (size_t i = 0; rc == 0 && i < n; i++) {
-            rc = fetch_take(f, i, &objs[i], err);
-            if (rc) wserr_prefix(err, "download %s", chain[i]->key);
-        }
-        fetch_free(f);
-        free(jobs);
-    }
-    uint64_t bytes = 0;
-    for (size_t i = 0; i < n; i++) bytes += objs[i].len;
-    status_lock(r);
-    r->status.get_requests += n;
-    r->status.bytes_downloaded += bytes;
-    if (rc) r->status.store_errors++;
-    status_unlock(r);
-    return rc;
 }
 
 /* The idle check for foreign writes: compare the header with ours. */
@@ -1766,6 +1943,7 @@ static int follow(replica *r, int64_t *wait_ms, wserr *err) {
         WS_INFO("replica_new_generation", "replica=%s from=%016" PRIx64 " to=%016" PRIx64,
                 r->path, r->gen, li.newest_snap_gen);
         r->phase = PHASE_REBOOTSTRAP;
+        r->switch_gen = li.newest_snap_gen;
         snprintf(r->rebootstrap_why, sizeof r->rebootstrap_why, "new generation %016" PRIx64,
                  li.newest_snap_gen);
         *wait_ms = 0;
@@ -1825,44 +2003,45 @@ static int follow(replica *r, int64_t *wait_ms, wserr *err) {
     r->first_unapplied_ms = oldest;
     status_unlock(r);
     if (n == 0) return 0;
-    wsbuf *objs = calloc(n, sizeof *objs);
-    if (objs == NULL) return wserr_set(err, WALSHIP_ERR_NOMEM, "out of memory");
-    rc = download(r, chain, n, objs, &e);
-    if (rc) {
-        if (rc == WALSHIP_ERR_CORRUPT || rc == WALSHIP_ERR_NOTFOUND) {
-            /* damaged or deleted under us: refuse it, relist later */
-            for (size_t i = 0; i < n; i++)
-                if (objs[i].len == 0) {
-                    bad_mark(r, chain[i]->key);
-                    break;
-                }
-            if (rc == WALSHIP_ERR_CORRUPT) {
-                status_lock(r);
-                r->status.corrupt_objects++;
-                status_unlock(r);
-            }
-            report(r, WS_LOG_WARN, "replica_download_failed", e.msg);
-            r->cursor[0] = '\0';
-        } else {
-            store_failed(r, &e);
-        }
-        for (size_t i = 0; i < n; i++) wsbuf_free(&objs[i]);
-        free(objs);
+    /* Segments are judged against whose history this is: after a resume,
+    ** learn it now (an idle replica never needs to). */
+    if (!r->have_ident && (rc = load_ident(r, &e))) {
+        store_failed(r, &e);
         return 0;
     }
-    /* the commit time of the first unapplied transaction, for lag */
-    seg_header sh;
-    if (seg_parse_header(objs[0].p, objs[0].len, &sh, NULL) == 0 && sh.first_txid <= r->txid + 1) {
-        status_lock(r);
-        r->first_unapplied_ms = sh.first_commit_ms;
-        status_unlock(r);
+    /* Download the chain in parallel, streaming: each segment is checked the
+    ** moment its header arrives and applied as it decodes, so memory stays
+    ** bounded whatever the objects' sizes. */
+    fetch_job *jobs = calloc(n, sizeof *jobs);
+    uint8_t *jobv = calloc(n, 1);
+    fetcher *fe = NULL;
+    if (jobs == NULL || jobv == NULL) {
+        free(jobs);
+        free(jobv);
+        return wserr_set(err, WALSHIP_ERR_NOMEM, "out of memory");
     }
+    for (size_t i = 0; i < n; i++) jobs[i] = (fetch_job){chain[i]->key, 0, 0, 0};
+    r->round_chain = chain;
+    r->jobv = jobv;
+    fetch_opts fo = {.threads = r->o.parallel,
+                     .check_len = SEG_HEADER_SIZE,
+                     .check = check_segment,
+                     .check_ctx = r};
     size_t applied = 0;
     char last_key[512] = "";
-    rc = apply_batch(r, chain, objs, n, &applied, err);
+    rc = fetch_start(r->st, jobs, n, &fo, &fe, err);
+    if (rc == 0) rc = apply_batch(r, chain, fe, n, &applied, err);
     if (applied > 0) ws_strlcpy(last_key, chain[applied - 1]->key, sizeof last_key);
-    for (size_t i = 0; i < n; i++) wsbuf_free(&objs[i]);
-    free(objs);
+    uint64_t bytes = fe ? fetch_bytes(fe) : 0;
+    fetch_free(fe);
+    r->round_chain = NULL;
+    r->jobv = NULL;
+    free(jobv);
+    free(jobs);
+    status_lock(r);
+    r->status.get_requests += applied < n ? applied + 1 : n;
+    r->status.bytes_downloaded += bytes;
+    status_unlock(r);
     if (rc) return rc;
     if (last_key[0]) ws_strlcpy(r->cursor, last_key, sizeof r->cursor);
     /* more to do right away? */

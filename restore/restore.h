@@ -9,8 +9,14 @@
 ** `force` is set.
 **
 ** The pieces are exposed for `walship verify` and the replica: plan a
-** restore, then build the image into any file descriptor while keeping the
-** page hashes (the replica continues from them).
+** restore from a catalog (catalog.h: only objects that belong to this
+** history), then build the image into any file descriptor while keeping the
+** page hashes (the replica continues from them). Building streams every
+** object through bounded memory and checks each one against its key as its
+** first bytes arrive; an object that is not this history's or is damaged is
+** routed around when another covers the same transactions (with a
+** warning), and otherwise the build fails naming it and the newest TXID
+** that can be restored.
 */
 #ifndef WS_RESTORE_H
 #define WS_RESTORE_H
@@ -35,8 +41,10 @@ typedef struct restore_target {
     uint64_t generation; /* 0: choose; otherwise only this generation */
 } restore_target;
 
-/* What to download and apply. Pointers point into the catalog. */
+/* What to download and apply. Pointers point into the catalog, which must
+** outlive the plan. */
 typedef struct restore_plan {
+    const catalog *cat;
     const cat_gen *gen;
     const cat_snap *snap;
     const cat_seg **chain; /* owned: free with restore_plan_free */
@@ -55,6 +63,8 @@ typedef struct restore_result {
     uint64_t chk;
     uint64_t bytes;
     size_t nsegments;
+    size_t damaged; /* objects found damaged while building (also set when it fails) */
+    size_t ignored; /* objects found not to be this history's while building */
 } restore_result;
 
 /* Progress reporting: called now and then with bytes done and total. */
@@ -65,7 +75,8 @@ int restore_plan_make(store *st, const catalog *cat, const restore_target *t, re
 void restore_plan_free(restore_plan *p);
 
 /* Builds the planned image into fd (which should be empty), verifying
-** everything; r receives the page hashes, size and checksum of the result. */
+** everything; r receives the page hashes, size and checksum of the result.
+** res is filled on success; its damaged/ignored counts also on failure. */
 int restore_build(store *st, const restore_plan *p, int fd, int parallel, ws_rolling *r,
                   restore_result *res, restore_progress_fn progress, void *pctx, wserr *err);
 
@@ -111,7 +122,8 @@ typedef struct restore_opts {
 ** file is left. Returns 0 and fills res, or a walship_err with err set. */
 int ws_restore(const restore_opts *o, restore_result *res, wserr *err);
 
-/* Reads a snapshot's footer with one ranged request. */
+/* A snapshot's footer: the catalog's when it read it, else one ranged
+** request. */
 int restore_snap_footer(store *st, const cat_snap *s, snap_footer *out, wserr *err);
 
 #endif

@@ -260,6 +260,9 @@ typedef struct xfer {
     int chunked;      /* Transfer-Encoding: chunked (curl checks the last chunk) */
     int abort_code;   /* set when a callback stops the transfer */
     char abort_msg[256];
+    uint64_t cb_high;               /* S3_SINK_CB: body bytes handed over by all tries */
+    char cb_etag[S3_XML_TEXT_MAX + 1]; /* the ETag of the try that handed over the first */
+    wserr cb_err;                   /* the receiver's own error, passed on as it is */
     wsbuf errbody; /* body of a non-2xx response, capped */
 } xfer;
 
@@ -394,6 +397,31 @@ static size_t sink_fd(xfer *x, const char *data, size_t n) {
     return n;
 }
 
+/* Hands the answer to req->cb. A retry reads the object again from its
+** start; the bytes an earlier try handed over are skipped, and a changed
+** ETag means the bytes would not belong together. */
+static size_t sink_cb(xfer *x, const char *data, size_t n) {
+    uint64_t pos = x->delivered; /* offset of data in this try's answer */
+    x->delivered += n;
+    if (pos == 0 && n > 0) {
+        if (x->cb_high == 0)
+            ws_strlcpy(x->cb_etag, x->resp->etag, sizeof x->cb_etag);
+        else if (x->cb_etag[0] && x->resp->etag[0] && strcmp(x->cb_etag, x->resp->etag) != 0)
+            return xfer_abort(x, WALSHIP_ERR_NETWORK,
+                              "the object was replaced while it was being downloaded; try again");
+    }
+    if (pos + n <= x->cb_high) return n;
+    size_t skip = pos < x->cb_high ? (size_t)(x->cb_high - pos) : 0;
+    int rc = x->req->cb(x->req->cb_ctx, x->status, (const uint8_t *)data + skip, n - skip,
+                        &x->cb_err);
+    if (rc != 0) {
+        if (x->cb_err.code == 0) wserr_set(&x->cb_err, rc, "the receiver stopped the download");
+        return xfer_abort(x, rc, x->cb_err.msg);
+    }
+    x->cb_high += n - skip;
+    return n;
+}
+
 static size_t write_cb(char *data, size_t size, size_t nitems, void *ud) {
     xfer *x = ud;
     size_t n = size * nitems;
@@ -406,6 +434,7 @@ static size_t write_cb(char *data, size_t size, size_t nitems, void *ud) {
     }
     switch (x->req->sink) {
     case S3_SINK_FD: return sink_fd(x, data, n);
+    case S3_SINK_CB: return sink_cb(x, data, n);
     case S3_SINK_BUF:
         if (x->delivered + n > x->req->buf_max) {
             char msg[200];
@@ -761,7 +790,11 @@ int s3_http_perform(const s3_conf *c, const s3_req *q, s3_resp *resp, wserr *err
         cc = curl_easy_perform(h);
         char reason[200], cutbuf[96];
         const char *cut;
-        if (x.abort_code) {
+        if (x.abort_code && x.cb_err.code) {
+            rc = x.cb_err.code; /* the receiver's verdict, word for word */
+            if (err) *err = x.cb_err;
+            goto out;
+        } else if (x.abort_code) {
             char what[320];
             describe(c, q, what, sizeof what);
             rc = wserr_set(err, x.abort_code, "%s failed: %s", what, x.abort_msg);

@@ -45,8 +45,15 @@ typedef struct s3_conf {
 enum {
     S3_SINK_NONE = 0, /* a body is read into s3_resp.body, capped at S3_XML_DOC_MAX */
     S3_SINK_BUF = 1,  /* appended to req.buf (reset per attempt), at most req.buf_max */
-    S3_SINK_FD = 2    /* written to req.fd at its current offset */
+    S3_SINK_FD = 2,   /* written to req.fd at its current offset */
+    S3_SINK_CB = 3    /* handed to req.cb in order; a retry resumes where the last try stopped
+                      ** (each byte is handed over once) and fails if the ETag changed */
 };
+
+/* An S3_SINK_CB receiver: status is the answer's (200, or 206 for a range).
+** Returns 0 to go on, or a walship_err with err set to stop the request,
+** which then fails with that code and message (not retried). */
+typedef int (*s3_sink_fn)(void *ctx, long status, const uint8_t *data, size_t n, wserr *err);
 
 typedef struct s3_req {
     const char *op;     /* for messages and logs: "put", "list", "upload part 3" */
@@ -65,6 +72,8 @@ typedef struct s3_req {
     wsbuf *buf;
     uint64_t buf_max;
     int fd;
+    s3_sink_fn cb; /* S3_SINK_CB */
+    void *cb_ctx;
 } s3_req;
 
 typedef struct s3_resp {

@@ -191,6 +191,12 @@ int store_get_fd(store *s, const char *key, int fd, wserr *err) {
     return s->ops->get_fd(s, key, fd, err);
 }
 
+int store_get_stream(store *s, const char *key, uint64_t off, uint64_t len, store_sink_fn fn,
+                     void *ctx, wserr *err) {
+    if (check_key(key, err)) return WALSHIP_ERR_INVALID;
+    return s->ops->get_stream(s, key, off, len, fn, ctx, err);
+}
+
 int store_head(store *s, const char *key, store_obj *out, wserr *err) {
     if (check_key(key, err)) return WALSHIP_ERR_INVALID;
     memset(out, 0, sizeof *out);

@@ -111,6 +111,21 @@ int store_get_tail(store *s, const char *key, uint64_t n, wsbuf *out, wserr *err
 ** bytes may have been written to fd; the caller owns cleaning them up. */
 int store_get_fd(store *s, const char *key, int fd, wserr *err);
 
+/* Receives the bytes of a streamed get, in order, each byte once. Returns 0
+** to go on, or a walship_err (with err set) to stop the transfer; the get
+** then fails with exactly that code and message. */
+typedef int (*store_sink_fn)(void *ctx, const uint8_t *data, size_t n, wserr *err);
+
+/* Streams bytes [off, off+len) of an object (len 0: to its end), clipped to
+** its end, to fn in pieces of at most STORE_STREAM_PIECE bytes: memory stays
+** bounded whatever the size, and the caller can stop at the first bad byte.
+** A retried request resumes where the last one stopped (no byte is handed
+** over twice); an object replaced meanwhile (another S3 ETag) fails with
+** WALSHIP_ERR_NETWORK. WALSHIP_ERR_NOTFOUND if there is no such object. */
+#define STORE_STREAM_PIECE ((size_t)256 << 10)
+int store_get_stream(store *s, const char *key, uint64_t off, uint64_t len, store_sink_fn fn,
+                     void *ctx, wserr *err);
+
 /* Size and mtime of one object (out->key is left NULL).
 ** WALSHIP_ERR_NOTFOUND if there is no such key. */
 int store_head(store *s, const char *key, store_obj *out, wserr *err);

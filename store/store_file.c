@@ -37,10 +37,16 @@
 ** "a/b"), a key ending in '/', and a path segment longer than NAME_MAX
 ** (usually 255 bytes). Those puts fail with WALSHIP_ERR_UNSUPPORTED or
 ** WALSHIP_ERR_INVALID and a message saying which case it is. Objects are
-** regular files: a symbolic link, fifo or device under DIR is neither
-** listed nor read, and list does not descend into symlinked directories
-** (get and head do pass through them, as the kernel resolves the path), so
-** do not link parts of DIR elsewhere.
+** regular files: a symbolic link, fifo, socket or device under DIR is
+** never read (get and head say there is no such object), but list does
+** return it, with size 0, so that a reader can report something named like
+** an object that cannot be read instead of silently taking the store for
+** one without it. The same goes for an empty directory whose name has a dot
+** in it, as an object's name usually has ("x.seg"): the directories a put
+** creates and a delete removes (which a listing can see empty for an
+** instant) are folders, and folders are never listed. list does not descend
+** into symlinked directories (get and head do pass through them, as the
+** kernel resolves the path), so do not link parts of DIR elsewhere.
 **
 ** ATOMICITY
 **
@@ -120,7 +126,6 @@
 #define TMP_NAME_MAX     64   /* "/.walship-tmp/<pid>.<seq>.<usec>" */
 #define STALE_TMP_AGE_MS (3600 * 1000)
 #define PUBLISH_ATTEMPTS 64 /* retries when a delete removes our parent */
-#define COPY_BUF_SIZE    ((size_t)1 << 20)
 /* DIR must leave room in a PATH_MAX buffer for "/" + key + temp name. */
 #define ROOT_MAX (PATH_MAX - KEY_MAX - TMP_NAME_MAX - 2)
 
@@ -581,9 +586,10 @@ out:
     return rc;
 }
 
-/* store_get_fd: copies the object to outfd at its current offset. Nothing
-** is written when the key is missing. */
-static int file_get_fd(store *s, const char *key, int outfd, wserr *err) {
+/* store_get_stream: reads [off, off+len) (len 0: to the end) in pieces of
+** STORE_STREAM_PIECE bytes into one reused buffer and hands each to fn. */
+static int file_get_stream(store *s, const char *key, uint64_t off, uint64_t len,
+                           store_sink_fn fn, void *ctx, wserr *err) {
     file_store *fs = (file_store *)s;
     struct stat st;
     int fd = -1;
@@ -592,30 +598,55 @@ static int file_get_fd(store *s, const char *key, int outfd, wserr *err) {
     if (rc) return rc;
     rc = open_object(fs, key, &fd, &st, err);
     if (rc) return rc;
-    buf = malloc(COPY_BUF_SIZE);
+    uint64_t size = (uint64_t)st.st_size;
+    uint64_t end = off >= size ? off : (len == 0 || len > size - off ? size : off + len);
+    buf = malloc(STORE_STREAM_PIECE);
     if (buf == NULL) {
         rc = wserr_set(err, WALSHIP_ERR_NOMEM, "out of memory");
         goto out;
     }
-    for (;;) {
-        ssize_t r = read(fd, buf, COPY_BUF_SIZE);
-        if (r < 0) {
-            if (errno == EINTR) continue;
+    for (uint64_t pos = off; pos < end;) {
+        size_t want = end - pos < STORE_STREAM_PIECE ? (size_t)(end - pos) : STORE_STREAM_PIECE;
+        ssize_t got = ws_pread_full(fd, buf, want, (off_t)pos);
+        if (got < 0) {
             rc = fs_fail(fs, err, errno, "read object", key);
             goto out;
         }
-        if (r == 0) break;
-        if (ws_write_all(outfd, buf, (size_t)r) != 0) {
-            int e = errno;
-            rc = wserr_errno(err, wserr_from_errno(e), e,
-                             "cannot write object \"%.200s\" to the output file", key);
+        if (got == 0) {
+            rc = wserr_set(err, WALSHIP_ERR_IO,
+                           "object \"%.200s\" in %.300s shrank while being read (was it changed "
+                           "outside walship?)",
+                           key, fs->root);
             goto out;
         }
+        if ((rc = fn(ctx, buf, (size_t)got, err)) != 0) goto out;
+        pos += (uint64_t)got;
     }
 out:
     free(buf);
     close(fd);
     return rc;
+}
+
+/* store_sink_fn of file_get_fd: appends each piece to the output file. */
+typedef struct fd_out {
+    int fd;
+    const char *key;
+} fd_out;
+
+static int write_piece(void *ctx, const uint8_t *data, size_t n, wserr *err) {
+    const fd_out *o = ctx;
+    if (ws_write_all(o->fd, data, n) == 0) return 0;
+    int e = errno;
+    return wserr_errno(err, wserr_from_errno(e), e,
+                       "cannot write object \"%.200s\" to the output file", o->key);
+}
+
+/* store_get_fd: copies the object to outfd at its current offset. Nothing
+** is written when the key is missing. */
+static int file_get_fd(store *s, const char *key, int outfd, wserr *err) {
+    fd_out o = {outfd, key};
+    return file_get_stream(s, key, 0, 0, write_piece, &o, err);
 }
 
 /* store_head: size and mtime (ms) from lstat; NOTFOUND unless a regular file. */
@@ -648,6 +679,7 @@ typedef struct list_walk {
     store_objlist *out;
     wserr *err;
     size_t key_off;      /* where keys start in path: rootlen + 1 */
+    size_t start_len;    /* key length of the directory the walk starts in */
     char path[PATH_MAX]; /* DIR "/" key being looked at */
 } list_walk;
 
@@ -664,20 +696,35 @@ static int dir_may_match(const list_walk *w, const char *dir, size_t dir_len) {
     return memcmp(dir, w->after, m) >= 0;
 }
 
+/* Appends key (keylen bytes) to the listing if it has the prefix and sorts
+** after start_after. */
+static int list_push(list_walk *w, const char *key, size_t keylen, const struct stat *st) {
+    if (keylen < w->prefix_len || memcmp(key, w->prefix, w->prefix_len) != 0) return 0;
+    if (w->after && strcmp(key, w->after) <= 0) return 0;
+    uint64_t size = S_ISREG(st->st_mode) ? (uint64_t)st->st_size : 0;
+    if (store_objlist_push(w->out, key, keylen, size, stat_mtime_ms(st)))
+        return wserr_set(w->err, WALSHIP_ERR_NOMEM, "out of memory listing %.300s", w->fs->root);
+    return 0;
+}
+
 /* Lists the directory whose key prefix rel (rel_len bytes, "" or ending in
-** '/') is already in w->path at key_off. Appends matching objects to
+** '/') is already in w->path at key_off. Appends matching entries to
 ** w->out, then recurses into the subdirectories that may hold matches,
-** after closing this directory. Entries that vanish meanwhile are skipped. */
+** after closing this directory. Entries that vanish meanwhile are skipped.
+** An empty directory below the starting one whose name has a dot is listed
+** as its own name (see the top of the file). */
 static int list_dir(list_walk *w, size_t rel_len) {
     char *key = w->path + w->key_off;
     wsbuf subdirs = {0}; /* NUL-terminated names to descend into */
-    int rc = 0;
+    int rc = 0, nentries = 0;
+    struct stat dst;
     key[rel_len] = '\0';
     DIR *d = opendir(w->path);
     if (d == NULL) {
         if (errno == ENOENT || errno == ENOTDIR) return 0;
         return fs_fail(w->fs, w->err, errno, "list directory", w->path);
     }
+    int have_dst = fstat(dirfd(d), &dst) == 0;
     for (;;) {
         errno = 0;
         struct dirent *de = readdir(d);
@@ -688,6 +735,7 @@ static int list_dir(list_walk *w, size_t rel_len) {
         const char *name = de->d_name;
         size_t namelen = strlen(name);
         if (name[0] == '.' && (namelen == 1 || (namelen == 2 && name[1] == '.'))) continue;
+        nentries++;
         if (rel_len == 0 && strncmp(name, TMP_DIR_NAME, sizeof TMP_DIR_NAME - 1) == 0) continue;
         size_t keylen = rel_len + namelen;
         if (keylen > KEY_MAX) continue; /* no valid key is that long */
@@ -711,7 +759,9 @@ static int list_dir(list_walk *w, size_t rel_len) {
             }
             continue;
         }
-        if (type != DT_REG) continue;
+        /* A regular file is an object; anything else that is not a
+        ** directory (symlink, fifo, socket, device) is listed too, so that a
+        ** reader can report it; reading it finds no object. */
         if (keylen < w->prefix_len || memcmp(key, w->prefix, w->prefix_len) != 0) continue;
         if (w->after && strcmp(key, w->after) <= 0) continue;
         if (!have_stat && fstatat(dirfd(d), name, &st, AT_SYMLINK_NOFOLLOW) != 0) {
@@ -719,13 +769,15 @@ static int list_dir(list_walk *w, size_t rel_len) {
             rc = fs_fail(w->fs, w->err, errno, "stat", w->path);
             break;
         }
-        if (!S_ISREG(st.st_mode)) continue;
-        if (store_objlist_push(w->out, key, keylen, (uint64_t)st.st_size, stat_mtime_ms(&st))) {
-            rc = wserr_set(w->err, WALSHIP_ERR_NOMEM, "out of memory listing %.300s", w->fs->root);
-            break;
-        }
+        if (S_ISDIR(st.st_mode)) continue; /* replaced by a directory meanwhile */
+        if ((rc = list_push(w, key, keylen, &st)) != 0) break;
     }
     closedir(d);
+    if (rc == 0 && nentries == 0 && rel_len > w->start_len && have_dst) {
+        key[rel_len - 1] = '\0'; /* "a/b.c/" -> "a/b.c" */
+        const char *base = memrchr(key, '/', rel_len - 1);
+        if (strchr(base ? base + 1 : key, '.') != NULL) rc = list_push(w, key, rel_len - 1, &dst);
+    }
     for (size_t i = 0; rc == 0 && i < subdirs.len;) {
         const char *name = (const char *)subdirs.p + i;
         size_t namelen = strlen(name);
@@ -780,6 +832,7 @@ static int file_list(store *s, const char *prefix, const char *start_after, stor
     w->out = out;
     w->err = err;
     w->key_off = fs->rootlen + 1;
+    w->start_len = (size_t)start;
     memcpy(w->path, fs->root, fs->rootlen);
     w->path[fs->rootlen] = '/';
     memcpy(w->path + w->key_off, prefix, (size_t)start);
@@ -1072,6 +1125,7 @@ static const struct store_ops file_ops = {
     .writer_abort = file_writer_abort,
     .get = file_get,
     .get_fd = file_get_fd,
+    .get_stream = file_get_stream,
     .head = file_head,
     .list = file_list,
     .del = file_delete,

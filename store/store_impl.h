@@ -26,6 +26,9 @@ struct store_ops {
     int (*get)(store *s, const char *key, int whole, int tail, uint64_t off,
                uint64_t len, wsbuf *out, wserr *err);
     int (*get_fd)(store *s, const char *key, int fd, wserr *err);
+    /* store_get_stream; len 0 means to the end. */
+    int (*get_stream)(store *s, const char *key, uint64_t off, uint64_t len, store_sink_fn fn,
+                      void *ctx, wserr *err);
     int (*head)(store *s, const char *key, store_obj *out, wserr *err);
     int (*list)(store *s, const char *prefix, const char *start_after,
                 store_objlist *out, wserr *err);

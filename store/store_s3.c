@@ -1157,6 +1157,59 @@ static int s3_get_fd(store *st, const char *key, int fd, wserr *err) {
     return rc;
 }
 
+/* A store_get_stream in progress: slices the answer when a server ignored
+** the Range header (200 with the whole object). */
+typedef struct s3_stream {
+    store_sink_fn fn;
+    void *ctx;
+    uint64_t off, len; /* the range asked for; len 0: to the end */
+    uint64_t pos;      /* answer bytes seen (s3_http never repeats any) */
+} s3_stream;
+
+static int s3_stream_cb(void *ctx, long status, const uint8_t *data, size_t n, wserr *err) {
+    s3_stream *st = ctx;
+    uint64_t pos = st->pos;
+    st->pos += n;
+    if (status != 200 || (st->off == 0 && st->len == 0)) return st->fn(st->ctx, data, n, err);
+    uint64_t lo = st->off, hi = st->len ? st->off + st->len : UINT64_MAX;
+    uint64_t a = pos > lo ? pos : lo, b = pos + n < hi ? pos + n : hi;
+    if (a >= b) return 0;
+    return st->fn(st->ctx, data + (a - pos), (size_t)(b - a), err);
+}
+
+static int s3_get_stream(store *st, const char *key, uint64_t off, uint64_t len,
+                         store_sink_fn fn, void *ctx, wserr *err) {
+    s3_store *s = (s3_store *)st;
+    wsbuf path = {0};
+    s3_resp resp = {0};
+    char range[64];
+    int rc = object_path(s, key, &path, err);
+    if (rc) return rc;
+    if (len > 0 && off > UINT64_MAX - len) len = UINT64_MAX - off;
+    if (len > 0)
+        snprintf(range, sizeof range, "bytes=%llu-%llu", (unsigned long long)off,
+                 (unsigned long long)(off + len - 1));
+    else
+        snprintf(range, sizeof range, "bytes=%llu-", (unsigned long long)off);
+    s3_stream sst = {fn, ctx, off, len, 0};
+    s3_req q = {.op = "get",
+                .method = "GET",
+                .path = (const char *)path.p,
+                .key = key,
+                .range = off > 0 || len > 0 ? range : NULL,
+                .sink = S3_SINK_CB,
+                .cb = s3_stream_cb,
+                .cb_ctx = &sst};
+    rc = s3_http_perform(&s->conf, &q, &resp, err);
+    if (rc && resp.status == 416) { /* the range starts at or past the end: nothing */
+        wserr_clear(err);
+        rc = 0;
+    }
+    s3_resp_free(&resp);
+    wsbuf_free(&path);
+    return rc;
+}
+
 /* ---- head ------------------------------------------------------------------------ */
 
 static int s3_head(store *st, const char *key, store_obj *out, wserr *err) {
@@ -1406,6 +1459,7 @@ static const struct store_ops s3_ops = {
     .writer_abort = s3_writer_abort,
     .get = s3_get,
     .get_fd = s3_get_fd,
+    .get_stream = s3_get_stream,
     .head = s3_head,
     .list = s3_list,
     .del = s3_del,

@@ -359,8 +359,10 @@ static void test_fs_limits(void) {
     store_free(s);
 }
 
-/* Symlinks, fifos and other non-regular files are not objects, and list
-** does not follow a symlinked directory (here a loop). */
+/* Symlinks, fifos and other non-regular files, and empty directories named
+** like files, are not objects: reading one finds nothing, but list returns
+** them (size 0) so that readers can report them; an empty folder is not
+** listed; list does not follow a symlinked directory (here a loop). */
 static void test_non_objects(void) {
     wserr e = {0}, *err = &e;
     const char *dir = fresh_dir("nonobj");
@@ -381,10 +383,19 @@ static void test_non_objects(void) {
         CHECK_RC(store_get(s, names[i], &b, err), WALSHIP_ERR_NOTFOUND, err);
         CHECK_RC(store_head(s, names[i], &o, err), WALSHIP_ERR_NOTFOUND, err);
     }
+    snprintf(p, sizeof p, "%s/empty.dir", dir);
+    CHECK(mkdir(p, 0755) == 0);
+    snprintf(p, sizeof p, "%s/emptyfolder", dir);
+    CHECK(mkdir(p, 0755) == 0);
+    CHECK_RC(store_get(s, "empty.dir", &b, err), WALSHIP_ERR_NOTFOUND, err);
     store_objlist l = {0};
     CHECK_OK(store_list(s, "", NULL, &l, err), err);
-    CHECK_EQ(l.n, 1);
-    CHECK_STREQ(l.items[0].key, "real");
+    const char *listed[] = {"dirlink", "empty.dir", "fifo", "link", "real"};
+    CHECK_EQ(l.n, 5);
+    for (size_t i = 0; i < l.n; i++) {
+        CHECK_STREQ(l.items[i].key, listed[i]);
+        CHECK_EQ(l.items[i].size, strcmp(listed[i], "real") == 0 ? 1 : 0);
+    }
     store_objlist_free(&l);
     store_free(s);
 }
