@@ -1627,6 +1627,20 @@ static void flush_finish(shipper *sh) {
     spool_flush_done_set(sh->sp, ss->flush_req);
 }
 
+/* The salts of the WAL now in the file; -1 if there is none (or no header). */
+static int file_wal_salts(shipper *sh, uint32_t *s1, uint32_t *s2) {
+    uint8_t hb[WAL_HDR_SIZE];
+    wal_hdr h;
+    int fd = open(sh->wal_path, O_RDONLY | O_CLOEXEC);
+    int ok = fd >= 0 && ws_pread_full(fd, hb, sizeof hb, 0) == (ssize_t)sizeof hb &&
+             wal_hdr_parse(hb, &h) == 0;
+    if (fd >= 0) close(fd);
+    if (!ok) return -1;
+    *s1 = h.salt1;
+    *s2 = h.salt2;
+    return 0;
+}
+
 /* The database file was found not as walship left it (spool_dbfile_check):
 ** once consumption has caught up, its content must still follow the shipped
 ** history, or a new generation starts. */
@@ -1638,11 +1652,24 @@ static int check_suspect(shipper *sh, wserr *err) {
         if (!ss->cur_known || (ss->snap && snapjob_is_genstart(ss->snap))) ss->suspect_seen = n;
         return 0; /* a generation start reads the file anew anyway; or later */
     }
-    if (!caught_up_with_spool(sh)) return 0;
+    /* The check holds while the WAL in the file is the one consumption
+    ** stands in (or its successor, begun from the state consumed) and no
+    ** record arrives meanwhile: a checkpoint and restart during the check
+    ** would put pages of frames not consumed yet into the file. Otherwise
+    ** it is tried again at a later step. */
+    spool_pos e0, e1;
+    spool_end(sh->sp, &e0);
+    if (spool_pos_cmp((spool_pos){ss->cur.log_seq, ss->cur.log_off}, e0) < 0) return 0;
+    uint32_t a1 = 0, a2 = 0, b1 = 0, b2 = 0;
+    int had = file_wal_salts(sh, &a1, &a2) == 0;
+    if (had && !(ss->cur.flags & WS_WALPOS_ENDED) && !same_wal(ss, a1, a2)) return 0;
     int ok = 0;
     char why[160];
     int rc = db_view_matches(sh, &ok, why, sizeof why, err);
     if (rc) return rc;
+    spool_end(sh->sp, &e1);
+    int has = file_wal_salts(sh, &b1, &b2) == 0;
+    if (spool_pos_cmp(e0, e1) != 0 || had != has || a1 != b1 || a2 != b2) return 0;
     ss->suspect_seen = n;
     if (ok) {
         WS_INFO("dbfile_checked", "db=%s result=\"follows the shipped history\"", sh->db_path);
