@@ -443,18 +443,24 @@ static int need(seg_stream *s, size_t k, wserr *err) {
             stream_fail(s, err, "segment body ends inside a record");
             return -1;
         }
-        if (s->in_pos == s->in_len) {
+        int input_done = s->in_pos == s->in_len;
+        if (input_done) {
             if (!s->last) return 2;
-            if (s->partial) {
-                s->frame_done = 1; /* the flushed prefix is all there is */
-                continue;
+            if (!s->partial) {
+                stream_fail(s, err, "segment body is truncated");
+                return -1;
             }
-            stream_fail(s, err, "segment body is truncated");
-            return -1;
+            /* The flushed prefix is all there is; but zstd may still hold
+            ** decoded bytes it had no room for in the last call: those come
+            ** out of calls with no input, until one gives nothing. */
         }
         ZSTD_inBuffer in = {s->in, s->in_len, s->in_pos};
         ZSTD_outBuffer o = {s->buf + s->end, s->cap - s->end, 0};
         size_t r = ZSTD_decompressStream(s->dctx, &o, &in);
+        if (input_done && !ZSTD_isError(r) && o.pos == 0) {
+            s->frame_done = 1;
+            continue;
+        }
         if (ZSTD_isError(r)) {
             stream_fail(s, err, "segment body does not decompress: %s", ZSTD_getErrorName(r));
             return -1;

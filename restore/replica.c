@@ -2165,10 +2165,13 @@ int replica_open(const replica_opts *o, replica **out, wserr *err) {
     if (state_load(r->state_fd, &r->saved) == 0) {
         r->have_state = 1;
         if (strcmp(r->saved.url, r->url) != 0) {
+            char was[2048], now[2048];
+            ws_redact_url(was, sizeof was, r->saved.url);
+            ws_redact_url(now, sizeof now, r->url);
             rc = wserr_set(err, WALSHIP_ERR_INVALID,
                            "%s is a replica of %s, not of %s; remove it (and %s) to replicate "
                            "another store",
-                           r->path, r->saved.url, r->url, r->dir);
+                           r->path, was, now, r->dir);
             goto fail;
         }
         r->page_size = r->saved.page_size;

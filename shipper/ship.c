@@ -410,6 +410,7 @@ static int close_segment(shipper *sh, wserr *err);
 ** new generation (a fresh snapshot). */
 static int break_continuity(shipper *sh, const char *why, wserr *err) {
     ship_state *ss = &sh->ss;
+    ws_strlcpy(ss->gen_reason, why, sizeof ss->gen_reason);
     WS_WARN("new_generation",
             "db=%s reason=\"%s\" wal=%08x/%08x frame=%u flags=%u log=%" PRIu64 "/%" PRIu64,
             sh->db_path, why, ss->cur.salt1, ss->cur.salt2, ss->cur.frame, ss->cur.flags,
@@ -928,8 +929,14 @@ static int recover_segment_tmp(shipper *sh, int push, wserr *err) {
             goto done;
         }
     } else if (seg_recover(m, (size_t)st.st_size, ofd, sh->cfg.zstd_level, &h, &e2) != 0) {
-        if (e2.code != WALSHIP_ERR_NOTFOUND)
-            WS_WARN("segment_recovery_failed", "db=%s err=\"%s\"", sh->db_path, e2.msg);
+        if (e2.code != WALSHIP_ERR_NOTFOUND) {
+            /* Kept for a look (the history goes on from the state: frames
+            ** it covered and the WAL no longer holds start a new generation). */
+            char bad[PATH_MAX];
+            WS_WARN("segment_recovery_failed", "db=%s err=\"%s\" kept=seg.tmp.bad", sh->db_path,
+                    e2.msg);
+            if (spool_file(sh, "seg.tmp.bad", bad, sizeof bad) == 0) rename(path, bad);
+        }
         goto done;
     }
     if (ws_sys_fdatasync(ofd) != 0) {
@@ -1361,7 +1368,11 @@ static int start_up(shipper *sh, wserr *err) {
     }
     ss->rec = rec;
     ss->shipped_txid = rec.shipped_txid;
-    if (!have || rec.generation == 0) return snapjob_start(sh, 1, err);
+    if (!have || rec.generation == 0) {
+        if (ss->gen_reason[0] == '\0')
+            snprintf(ss->gen_reason, sizeof ss->gen_reason, "first shipped from this spool");
+        return snapjob_start(sh, 1, err);
+    }
 
     ss->gen = rec.generation;
     ss->next_txid = rec.txid + 1;
@@ -1468,6 +1479,7 @@ static void publish_status(shipper *sh) {
     pthread_mutex_lock(&sh->mu);
     ws_strlcpy(st.last_error, sh->vfs_error, sizeof st.last_error);
     pthread_mutex_unlock(&sh->mu);
+    ws_strlcpy(st.generation_reason, ss->gen_reason, sizeof st.generation_reason);
     spool_status_set(sh->sp, &st);
 }
 
@@ -1685,7 +1697,7 @@ static int check_suspect(shipper *sh, wserr *err) {
 enum { DISCARD_NONE = 0, DISCARD_LIMIT = 1, DISCARD_OWNER = 2 };
 #define DISCARD_RETRY_MIN_MS 2000
 #define DISCARD_RETRY_MAX_MS 60000
-#define LIMIT_CHECK_EVERY_MS 2000
+#define LIMIT_CHECK_EVERY_MS 250
 #define LIMIT_FLOOR ((uint64_t)1 << 30)
 
 /* Stops keeping history: what is queued or being built is dropped, the
@@ -1718,6 +1730,7 @@ static void enter_discard(shipper *sh, int kind, const char *why) {
     ss->pending_mx = 0;
     ss->nwm = 0;
     ss->discarding = kind;
+    ss->upload_failing = 0;
     ss->discard_backoff_ms = DISCARD_RETRY_MIN_MS;
     ss->discard_retry_mono = ws_mono_ms() + ss->discard_backoff_ms;
     /* A restart must not take up the dropped history again. */
@@ -1746,7 +1759,13 @@ static void discard_retry(shipper *sh) {
     }
     if (rc == 0) {
         WS_WARN("discarding_ends", "db=%s action=\"new generation\"", sh->db_path);
+        snprintf(ss->gen_reason, sizeof ss->gen_reason, "%s",
+                 ss->discarding == DISCARD_OWNER ? "the destination became this database's"
+                                                 : "the store answered again after the spool "
+                                                   "outgrew its limit");
         ss->discarding = DISCARD_NONE;
+        ss->retry_at_ms = 0;
+        ss->backoff_ms = 0;
         spool_flags_set(sh->sp, 0);
         clear_error(sh);
         return; /* cur_known is 0: the step starts a new generation */
@@ -1763,7 +1782,7 @@ static void discard_retry(shipper *sh) {
 
 /* The spool's limit: walship_spool_limit, or twice the database (1 GiB at
 ** least). Checked while uploads fail: past it, the queued history goes. */
-static void check_spool_limit(shipper *sh, const wserr *upload_err) {
+static void check_spool_limit(shipper *sh) {
     ship_state *ss = &sh->ss;
     int64_t now = ws_mono_ms();
     if (now - ss->limit_check_mono < LIMIT_CHECK_EVERY_MS) return;
@@ -1776,12 +1795,15 @@ static void check_spool_limit(shipper *sh, const wserr *upload_err) {
     uint64_t used = ss->queue_bytes + spool_log_bytes(sh->sp);
     if (ss->segw) used += seg_writer_bytes(ss->segw);
     if (used <= limit) return;
-    char why[WSERR_MSG_MAX];
+    char why[WSERR_MSG_MAX], cause[200];
+    pthread_mutex_lock(&sh->mu);
+    ws_strlcpy(cause, sh->vfs_error, sizeof cause);
+    pthread_mutex_unlock(&sh->mu);
     snprintf(why, sizeof why,
              "the spool reached its limit (%" PRIu64 " MiB, walship_spool_limit) while the store "
-             "failed (%.200s): %" PRIu64 " MiB of queued history were dropped; a new generation "
+             "failed (%s): %" PRIu64 " MiB of queued history were dropped; a new generation "
              "starts when the store answers (committed transactions are all in the database)",
-             limit >> 20, upload_err->msg, ss->queue_bytes >> 20);
+             limit >> 20, cause, ss->queue_bytes >> 20);
     enter_discard(sh, DISCARD_LIMIT, why);
 }
 
@@ -1883,13 +1905,16 @@ int64_t ship_step(shipper *sh) {
             enter_discard(sh, DISCARD_OWNER, uerr.msg);
         } else if (urc != 0) {
             ss->retry_at_ms = fail_backoff(sh, &uerr);
-            check_spool_limit(sh, &uerr);
+            ss->upload_failing = 1;
         } else {
+            ss->upload_failing = 0;
             ss->backoff_ms = 0;
             clear_error(sh);
             if (ss->nqueue == 0 && ss->segw == NULL) ship_save_state(sh, &err);
         }
     }
+    /* While uploads fail, the spool only grows: keep it within its limit. */
+    if (ss->upload_failing && ss->nqueue > 0 && !ss->discarding) check_spool_limit(sh);
     if (ws_mono_ms() >= ss->next_retention_mono && ss->nqueue == 0 && !ss->discarding) {
         wserr rerr = {0};
         /* Only while the destination is ours: never delete another's. */

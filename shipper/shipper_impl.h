@@ -93,6 +93,7 @@ typedef struct ship_state {
     spool_pos uploaded;
 
     snapjob *snap;
+    char gen_reason[SPOOL_ERR_MAX]; /* why the next/current generation began (status) */
     int64_t next_retention_mono;
     uint64_t marked_gen;       /* generation whose ownership marker is known written */
     int64_t next_claim_mono;   /* next look at the destination's owner while uploading */
@@ -104,6 +105,7 @@ typedef struct ship_state {
     int64_t discard_retry_mono;
     int64_t discard_backoff_ms;
     int64_t limit_check_mono;  /* last look at the spool's size */
+    int upload_failing;        /* the last upload attempt failed */
     uint64_t trimmed_seq;      /* spool files before this one are gone */
     int64_t idle_ms;           /* current poll interval when nothing happens */
     uint32_t flush_seen;       /* flush requests that closed a segment */

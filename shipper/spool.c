@@ -59,6 +59,7 @@ struct ctl_block {
     _Atomic uint32_t flush_done;      /* flush requests fully served (shipper) */
     _Atomic uint32_t st_flags;        /* SPOOL_ST_* (shipper) */
     _Atomic uint32_t dbfile_suspect;  /* bumped when the file is not as walship left it */
+    _Atomic uint64_t st_genwhy[SPOOL_ERR_MAX / 8]; /* under ship_lock, like the status */
 };
 _Static_assert(sizeof(struct ctl_block) <= CTL_SIZE, "ctl block fits its file");
 
@@ -653,6 +654,8 @@ void spool_status_set(spool *sp, const spool_status *st) {
         uint64_t w;
         memcpy(&w, st->last_error + i * 8, 8);
         atomic_store_explicit(&c->st_err[i], w, SEQ_ST);
+        memcpy(&w, st->generation_reason + i * 8, 8);
+        atomic_store_explicit(&c->st_genwhy[i], w, SEQ_ST);
     }
     seq_write_end(&c->ship_lock);
 }
@@ -674,9 +677,12 @@ void spool_status_get(spool *sp, spool_status *o) {
         for (int i = 0; i < SPOOL_ERR_MAX / 8; i++) {
             uint64_t w = atomic_load_explicit(&c->st_err[i], SEQ_LD);
             memcpy(o->last_error + i * 8, &w, 8);
+            w = atomic_load_explicit(&c->st_genwhy[i], SEQ_LD);
+            memcpy(o->generation_reason + i * 8, &w, 8);
         }
     } while (seq_read_retry(&c->ship_lock, s));
     o->last_error[sizeof o->last_error - 1] = '\0';
+    o->generation_reason[sizeof o->generation_reason - 1] = '\0';
 }
 
 uint32_t spool_flush_request(spool *sp) { return atomic_fetch_add(&sp->ctl->flush_req, 1) + 1; }

@@ -70,6 +70,7 @@ typedef struct spool_status {
     spool_pos uploaded;        /* every record before this is in the store */
     uint64_t queue_bytes;      /* closed segments waiting for upload */
     char last_error[SPOOL_ERR_MAX]; /* "" when healthy */
+    char generation_reason[SPOOL_ERR_MAX]; /* why the current generation began */
 } spool_status;
 
 /* Opens (creating if needed) the spool directory dir for a database and maps

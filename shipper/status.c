@@ -84,6 +84,8 @@ void ws_status_json(spool *sp, const char *db_path, const char *url, char *out, 
     ws_redact_url(rurl, sizeof rurl, url ? url : "");
     ws_json_escape(eurl, sizeof eurl, rurl);
     ws_json_escape(eerr, sizeof eerr, st.last_error);
+    char ewhy[1200];
+    ws_json_escape(ewhy, sizeof ewhy, st.generation_reason);
     /* A shipper lives while some process holds the election lock, however
     ** long its current upload takes. */
     int alive = spool_shipper_alive(sp);
@@ -93,9 +95,9 @@ void ws_status_json(spool *sp, const char *db_path, const char *url, char *out, 
              ",\"shipped_txid\":%" PRIu64 ",\"lag_ms\":%" PRId64 ",\"spool_bytes\":%" PRIu64
              ",\"wal_bytes\":%" PRIu64 ",\"queue_bytes\":%" PRIu64
              ",\"shipper_pid\":%d,\"shipper_alive\":%s,\"discarding\":%s,"
-             "\"error_needs_user\":%s,\"last_error\":\"%s\"}",
+             "\"error_needs_user\":%s,\"generation_reason\":\"%s\",\"last_error\":\"%s\"}",
              edb, eurl, st.generation, st.txid, st.shipped_txid, lag,
              dir_bytes(spool_path(sp), 0), wal_bytes, st.queue_bytes, (int)st.pid,
              alive ? "true" : "false", (flags & SPOOL_ST_DISCARDING) ? "true" : "false",
-             (flags & SPOOL_ST_PERMANENT) ? "true" : "false", eerr);
+             (flags & SPOOL_ST_PERMANENT) ? "true" : "false", ewhy, eerr);
 }

@@ -18,6 +18,10 @@
 **                writes to the logs, ENOSPC on segment files and renames into
 **                the queue, while the writer commits and checkpoints
 **                (RESTART, TRUNCATE). Then they stop and everything drains.
+**   spool_limit  the store fails for long with a 1 MiB spool limit: the
+**                queued history is dropped (status: discarding, last_error)
+**                and the spool stays small; the store comes back: a new
+**                generation holds every row.
 **   power_loss   rounds of: a writer (synchronous=FULL) is SIGKILLed at a
 **                random moment; the spool then loses every write not synced
 **                (WALSHIP_POWERLOSS_DIR: files revert to their last synced
@@ -283,6 +287,56 @@ static void case_disk_full(void) {
     check_restore(&k, w.acked, "disk_full");
 }
 
+/* The store fails for long with a small walship_spool_limit: the queued
+** history is dropped (discarding, said in last_error) instead of filling
+** the disk; when the store answers, a new generation holds everything. */
+static void case_spool_limit(void) {
+    static kase k;
+    setup(&k, "spool_limit");
+    unsetenv("WALSHIP_FAULTS");
+    sqlite3 *db = db_open_walship(k.path, k.url, "walship_ship_interval=100ms&walship_spool_limit=1MiB");
+    db_exec(db, "INSERT INTO t(seq, pad) VALUES (1, randomblob(1000))");
+    CHECK_EQ(walship_flush(k.path, 60000), 1);
+    store_frozen(&k, 1);
+    char *js = NULL;
+    int64_t seq = 1, peak = 0;
+    int64_t deadline = ws_mono_ms() + 120000;
+    for (;;) {
+        char sql[128];
+        for (int i = 0; i < 20; i++) {
+            snprintf(sql, sizeof sql, "INSERT INTO t(seq, pad) VALUES (%" PRId64 ", randomblob(4000))",
+                     ++seq);
+            db_exec(db, sql);
+        }
+        js = db_status_json(db);
+        int64_t sb = db_json_int(js, "spool_bytes");
+        if (sb > peak) peak = sb;
+        if (db_json_int(js, "discarding") == 1 && seq > 3000) break;
+        if (ws_mono_ms() > deadline)
+            ws_test_fail(__FILE__, __LINE__, "the spool limit never took effect: %s", js);
+        free(js);
+        ws_sleep_ms(5); /* pacing the workload */
+    }
+    char e[600];
+    db_json_text(js, "last_error", e, sizeof e);
+    CHECK_CONTAINS(e, "limit");
+    free(js);
+    /* Bounded: about the limit, plus one log file and one segment. */
+    if (peak > (int64_t)16 << 20)
+        ws_test_fail(__FILE__, __LINE__, "the spool grew to %" PRId64 " bytes past a 1 MiB limit", peak);
+    store_frozen(&k, 0);
+    CHECK_EQ(walship_flush(k.path, 120000), 1);
+    js = db_status_json(db);
+    db_json_text(js, "generation_reason", e, sizeof e);
+    CHECK_CONTAINS(e, "limit");
+    free(js);
+    CHECK_EQ(db_generation_count(k.url), 2);
+    check_restore(&k, (uint64_t)seq, "spool_limit");
+    fprintf(stderr, "%" PRId64 " rows written during the outage; spool peak %" PRId64 " bytes\n", seq,
+            peak);
+    sqlite3_close(db);
+}
+
 static void case_flaky(void) {
     static kase k;
     setup(&k, "flaky");
@@ -349,6 +403,7 @@ int main(int argc, char **argv) {
     if (argc > 1 && strcmp(argv[1], "resume") == 0) return resume_main(argv);
     ws_test_seed(20261203);
     RUN(case_disk_full);
+    RUN(case_spool_limit);
     RUN(case_flaky);
     RUN(case_power_loss);
     return 0;

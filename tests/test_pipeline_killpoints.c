@@ -204,7 +204,9 @@ int main(int argc, char **argv) {
                   {"seg_synced", "segment_recovered"}, {"seg_queued", "state_redone"},
                   {"genstart_queued", "queue_orphan"}, {"snap_queued", NULL},
                   {"uploaded", NULL}};
+    const char *only = getenv("WALSHIP_TEST_KILLPOINT"); /* debugging: one point */
     for (size_t i = 0; i < sizeof points / sizeof points[0]; i++) {
+        if (only && strcmp(only, points[i].point) != 0) continue;
         /* A database has one generation start: kill at the first. */
         int nth = strcmp(points[i].point, "genstart_queued") == 0 ? 1 : 1 + (int)ws_test_rand_below(3);
         run_point(points[i].point, nth, points[i].event);
