@@ -312,6 +312,23 @@ int ws_read_file(const char *path, size_t max, wsbuf *out, wserr *err) {
     return rc;
 }
 
+int ws_hex16(const char *s, uint64_t *out) {
+    uint64_t v = 0;
+    for (int i = 0; i < 16; i++) {
+        char c = s[i];
+        int d;
+        if (c >= '0' && c <= '9')
+            d = c - '0';
+        else if (c >= 'a' && c <= 'f')
+            d = c - 'a' + 10;
+        else
+            return -1;
+        v = v << 4 | (uint64_t)d;
+    }
+    *out = v;
+    return 0;
+}
+
 int ws_strlcpy(char *dst, const char *src, size_t n) {
     size_t len = strlen(src);
     if (n == 0) return len > 0;

@@ -94,6 +94,10 @@ int ws_write_file_atomic(const char *path, const void *buf, size_t n, wserr *err
 /* Reads a whole file (at most max bytes, else WALSHIP_ERR_CORRUPT) into out. */
 int ws_read_file(const char *path, size_t max, wsbuf *out, wserr *err);
 
+/* Parses the 16 lowercase hex digits at s (what follows is not looked at)
+** into *out. Returns 0, or -1 if any of them is not one. */
+int ws_hex16(const char *s, uint64_t *out);
+
 /* Copies at most n bytes of src into dst (size n) and always NUL-terminates.
 ** Returns nonzero if src was truncated. */
 int ws_strlcpy(char *dst, const char *src, size_t n);

@@ -58,29 +58,12 @@ void snap_key(char *out, size_t n, uint64_t generation, uint64_t txid) {
     snprintf(out, n, "generations/%016" PRIx64 "/snapshots/%016" PRIx64 ".snap", generation, txid);
 }
 
-/* Parses exactly 16 lowercase hex digits. */
-static int parse_hex16(const char *s, uint64_t *out) {
-    uint64_t v = 0;
-    for (int i = 0; i < 16; i++) {
-        char c = s[i];
-        int d;
-        if (c >= '0' && c <= '9')
-            d = c - '0';
-        else if (c >= 'a' && c <= 'f')
-            d = c - 'a' + 10;
-        else
-            return -1;
-        v = v << 4 | (uint64_t)d;
-    }
-    *out = v;
-    return 0;
-}
 
 static const char *parse_gen_prefix(const char *key, uint64_t *gen) {
     static const char pre[] = "generations/";
     if (strncmp(key, pre, sizeof pre - 1) != 0) return NULL;
     key += sizeof pre - 1;
-    if (parse_hex16(key, gen) != 0 || key[16] != '/') return NULL;
+    if (ws_hex16(key, gen) != 0 || key[16] != '/') return NULL;
     return key + 17;
 }
 
@@ -88,7 +71,7 @@ int objkey_parse_segment(const char *key, uint64_t *gen, uint64_t *first, uint64
     const char *p = parse_gen_prefix(key, gen);
     if (p == NULL || strncmp(p, "segments/", 9) != 0) return -1;
     p += 9;
-    if (parse_hex16(p, first) != 0 || p[16] != '-' || parse_hex16(p + 17, last) != 0) return -1;
+    if (ws_hex16(p, first) != 0 || p[16] != '-' || ws_hex16(p + 17, last) != 0) return -1;
     if (strcmp(p + 33, ".seg") != 0 || *first > *last) return -1;
     return 0;
 }
@@ -97,7 +80,7 @@ int objkey_parse_snapshot(const char *key, uint64_t *gen, uint64_t *txid) {
     const char *p = parse_gen_prefix(key, gen);
     if (p == NULL || strncmp(p, "snapshots/", 10) != 0) return -1;
     p += 10;
-    if (parse_hex16(p, txid) != 0 || strcmp(p + 16, ".snap") != 0) return -1;
+    if (ws_hex16(p, txid) != 0 || strcmp(p + 16, ".snap") != 0) return -1;
     return 0;
 }
 
@@ -118,7 +101,7 @@ void objkey_classify(const char *key, objkey *o) {
     if (slash == NULL) return;
     const char *rest = slash + 1;
     int is_seg = strncmp(rest, "segments/", 9) == 0, is_snap = strncmp(rest, "snapshots/", 10) == 0;
-    if (slash - g != 16 || parse_hex16(g, &o->gen) != 0) {
+    if (slash - g != 16 || ws_hex16(g, &o->gen) != 0) {
         if (is_seg || is_snap) bad_key(o, "its generation is not 16 lowercase hex digits", 0);
         return;
     }
@@ -130,14 +113,14 @@ void objkey_classify(const char *key, objkey *o) {
     const char *p = rest + (is_seg ? 9 : 10);
     size_t name_len;
     if (is_seg) {
-        if (parse_hex16(p, &o->first) != 0 || p[16] != '-' || parse_hex16(p + 17, &o->last) != 0 ||
+        if (ws_hex16(p, &o->first) != 0 || p[16] != '-' || ws_hex16(p + 17, &o->last) != 0 ||
             strncmp(p + 33, ".seg", 4) != 0 || (p[37] != '\0' && p[37] != '/')) {
             bad_key(o, "it is not a valid segment name", 0);
             return;
         }
         name_len = (size_t)(p + 37 - key);
     } else {
-        if (parse_hex16(p, &o->first) != 0 || strncmp(p + 16, ".snap", 5) != 0 ||
+        if (ws_hex16(p, &o->first) != 0 || strncmp(p + 16, ".snap", 5) != 0 ||
             (p[21] != '\0' && p[21] != '/')) {
             bad_key(o, "it is not a valid snapshot name", 0);
             return;

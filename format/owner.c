@@ -4,6 +4,8 @@
 */
 #include "owner.h"
 
+#include "../common/util.h"
+
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,21 +14,8 @@
 #define OWNER_MAGIC "walship-owner 1"
 
 int ws_hex64_parse(const char *s, uint64_t *out) {
-    uint64_t v = 0;
-    for (int i = 0; i < 16; i++) {
-        char c = s[i];
-        int d;
-        if (c >= '0' && c <= '9')
-            d = c - '0';
-        else if (c >= 'a' && c <= 'f')
-            d = c - 'a' + 10;
-        else
-            return -1;
-        v = v << 4 | (uint64_t)d;
-    }
-    if (s[16] != '\0') return -1;
-    *out = v;
-    return 0;
+    if (strnlen(s, 17) != 16) return -1;
+    return ws_hex16(s, out);
 }
 
 int ws_kv_get(const char *buf, size_t n, const char *key, char *out, size_t outn) {

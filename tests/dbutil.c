@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdarg.h>
@@ -117,6 +118,69 @@ uint64_t db_content_hash(sqlite3 *db) {
     uint64_t h = XXH3_64bits_digest(x);
     XXH3_freeState(x);
     return h;
+}
+
+const char *db_integrity(sqlite3 *db) {
+    static char line[256];
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(db, "PRAGMA integrity_check", -1, &st, NULL) != SQLITE_OK ||
+        sqlite3_step(st) != SQLITE_ROW)
+        snprintf(line, sizeof line, "integrity_check failed: %s", sqlite3_errmsg(db));
+    else
+        snprintf(line, sizeof line, "%s", (const char *)sqlite3_column_text(st, 0));
+    sqlite3_finalize(st);
+    return line;
+}
+
+void db_check_latest_restore(const char *db_path, const char *url, const char *out, uint64_t acked,
+                             const char *what) {
+    sqlite3 *p = db_open_plain(db_path, 0);
+    uint64_t want = db_content_hash(p);
+    int64_t pmax = db_int(p, "SELECT coalesce(max(seq), 0) FROM t");
+    sqlite3_close(p);
+    char msg[512];
+    if (db_restore(url, out, 0, 0, 0, msg, sizeof msg) != 0)
+        ws_test_fail(__FILE__, __LINE__, "%s: restore latest: %s", what, msg);
+    sqlite3 *r = db_open_plain(out, 1);
+    const char *ic = db_integrity(r);
+    if (strcmp(ic, "ok") != 0)
+        ws_test_fail(__FILE__, __LINE__, "%s: the restored database is damaged: %s", what, ic);
+    int64_t max = db_int(r, "SELECT coalesce(max(seq), 0) FROM t");
+    int64_t cnt = db_int(r, "SELECT count(*) FROM t");
+    if (max < (int64_t)acked || cnt != max)
+        ws_test_fail(__FILE__, __LINE__,
+                     "%s: restore holds %" PRId64 " rows up to seq %" PRId64 "; %" PRIu64
+                     " were acknowledged (primary: %" PRId64 ")",
+                     what, cnt, max, acked, pmax);
+    if (db_content_hash(r) != want)
+        ws_test_fail(__FILE__, __LINE__,
+                     "%s: restore differs from the primary (restored seq %" PRId64
+                     ", primary seq %" PRId64 ")",
+                     what, max, pmax);
+    sqlite3_close(r);
+}
+
+char *db_wait_status(sqlite3 *db, const char *field, const char *needle) {
+    int64_t deadline = ws_mono_ms() + 20000;
+    for (;;) {
+        char *js = db_status_json(db);
+        char v[1200];
+        db_json_text(js, field, v, sizeof v);
+        if (strstr(v, needle)) return js;
+        if (ws_mono_ms() > deadline)
+            ws_test_fail(__FILE__, __LINE__, "status %s never showed \"%s\": %s", field, needle, js);
+        free(js);
+        ws_sleep_ms(20); /* polling the status */
+    }
+}
+
+void db_wait_shipper_retired(const char *db_path) {
+    int64_t deadline = ws_mono_ms() + 20000;
+    while (walship_flush(db_path, 0) != -WALSHIP_ERR_NOTFOUND) {
+        if (ws_mono_ms() > deadline)
+            ws_test_fail(__FILE__, __LINE__, "the shipper of %s never retired", db_path);
+        ws_sleep_ms(20); /* polling the registry */
+    }
 }
 
 int files_equal(const char *a, const char *b) {

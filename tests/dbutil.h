@@ -31,6 +31,16 @@ int64_t db_int(sqlite3 *db, const char *sql);
 ** rowid), every column's type and bytes, plus the schema. */
 uint64_t db_content_hash(sqlite3 *db);
 
+/* The first line of PRAGMA integrity_check ("ok" when intact), in a static
+** buffer (or the error that stopped it). */
+const char *db_integrity(sqlite3 *db);
+
+/* The store's latest restore (into out) has exactly the content of the
+** database at db_path, passes integrity_check, and holds table t's seq
+** 1..n without a hole for some n >= acked. Fails the test, naming `what`. */
+void db_check_latest_restore(const char *db_path, const char *url, const char *out, uint64_t acked,
+                             const char *what);
+
 /* 1 if the two files have identical bytes. */
 int files_equal(const char *a, const char *b);
 
@@ -69,12 +79,22 @@ void db_spool_dir(const char *db_path, char *out, size_t n);
 ** Returns the descriptor (close it to release the lock) or -1 on timeout. */
 int db_hold_ship_lock(const char *spool_dir, int timeout_ms);
 
+/* Waits (up to 20 s) until this process no longer has a shipper for
+** db_path: its connections are closed and it has shipped everything, so the
+** next open starts a new one (with the options it names). */
+void db_wait_shipper_retired(const char *db_path);
+
 /* The JSON of PRAGMA walship_status on db, as a malloc'ed string (free()). */
 char *db_status_json(sqlite3 *db);
 /* json_extract(json, '$.<field>') as an integer (-1 if absent or not a
 ** number), or as text copied into out ("" if absent). */
 int64_t db_json_int(const char *json, const char *field);
 void db_json_text(const char *json, const char *field, char *out, size_t n);
+
+/* Polls PRAGMA walship_status on db (up to 20 s) until the text member
+** `field` contains needle; returns that status JSON (free() it). Fails the
+** test otherwise, showing the last status. */
+char *db_wait_status(sqlite3 *db, const char *field, const char *needle);
 
 /* Size of a file in bytes, or -1 if it does not exist. */
 int64_t db_file_size(const char *path);

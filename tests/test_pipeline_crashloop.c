@@ -153,18 +153,6 @@ static int writer_main(char **argv) {
 static char path[4200], url[4200], out[4200];
 
 /* The first line of PRAGMA integrity_check (static buffer). */
-static const char *integrity(sqlite3 *db) {
-    static char line[256];
-    sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v2(db, "PRAGMA integrity_check", -1, &st, NULL) != SQLITE_OK ||
-        sqlite3_step(st) != SQLITE_ROW) {
-        snprintf(line, sizeof line, "integrity_check failed: %s", sqlite3_errmsg(db));
-    } else {
-        snprintf(line, sizeof line, "%s", (const char *)sqlite3_column_text(st, 0));
-    }
-    sqlite3_finalize(st);
-    return line;
-}
 
 #define MAXCOMMITS (1 << 18)
 #define SEQ_UNKNOWN UINT64_MAX
@@ -322,7 +310,7 @@ int main(int argc, char **argv) {
         ws_test_fail(__FILE__, __LINE__,
                      "after the drain the store reaches seq %" PRId64 "; acknowledged %" PRIu64
                      ", attempted %" PRIu64, m1, t.acked, t.max_attempted);
-    CHECK_STREQ(integrity(r), "ok");
+    CHECK_STREQ(db_integrity(r), "ok");
     sqlite3_close(r);
 
     /* The primary: exactly 1..max, every acknowledged seq, nothing never
@@ -337,7 +325,7 @@ int main(int argc, char **argv) {
     note_start(&t, (uint64_t)max, (uint64_t)db_int(db, "SELECT n FROM meta"));
     CHECK(n1 >= 0 && n1 <= (int64_t)t.acked_n);
     CHECK_U64_EQ(seq_at[n1], (uint64_t)m1);
-    CHECK_STREQ(integrity(db), "ok");
+    CHECK_STREQ(db_integrity(db), "ok");
     db_exec(db, "PRAGMA wal_checkpoint(TRUNCATE)");
     int fl = walship_flush(path, 60000);
     if (fl != 1) {
@@ -350,7 +338,7 @@ int main(int argc, char **argv) {
         ws_test_fail(__FILE__, __LINE__, "restored %s differs from the primary %s", out, path);
     r = db_open_plain(out, 1);
     CHECK_EQ(db_int(r, "SELECT max(seq) FROM t"), max);
-    CHECK_STREQ(integrity(r), "ok");
+    CHECK_STREQ(db_integrity(r), "ok");
     sqlite3_close(r);
 
     /* Every generation's history: restores at its first and last TXID and
@@ -386,7 +374,7 @@ int main(int argc, char **argv) {
                              gid[g], samples[k], msg);
             nrestores++;
             r = db_open_plain(out, 1);
-            const char *ic = integrity(r);
+            const char *ic = db_integrity(r);
             if (strcmp(ic, "ok") != 0)
                 ws_test_fail(__FILE__, __LINE__,
                              "generation %016" PRIx64 " at TXID %" PRIu64 " restores a corrupt database: %s",

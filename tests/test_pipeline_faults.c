@@ -181,36 +181,9 @@ static void flag(const char *path, int on) {
     }
 }
 
-static const char *integrity(sqlite3 *db) {
-    static char line[256];
-    sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v2(db, "PRAGMA integrity_check", -1, &st, NULL) != SQLITE_OK ||
-        sqlite3_step(st) != SQLITE_ROW)
-        snprintf(line, sizeof line, "integrity_check failed: %s", sqlite3_errmsg(db));
-    else
-        snprintf(line, sizeof line, "%s", (const char *)sqlite3_column_text(st, 0));
-    sqlite3_finalize(st);
-    return line;
-}
 
 static void check_restore(kase *k, uint64_t acked, const char *what) {
-    sqlite3 *p = db_open_plain(k->path, 0);
-    uint64_t want = db_content_hash(p);
-    sqlite3_close(p);
-    char msg[512];
-    if (db_restore(k->url, k->out, 0, 0, 0, msg, sizeof msg) != 0)
-        ws_test_fail(__FILE__, __LINE__, "%s: restore latest: %s", what, msg);
-    sqlite3 *r = db_open_plain(k->out, 1);
-    const char *ic = integrity(r);
-    if (strcmp(ic, "ok") != 0) ws_test_fail(__FILE__, __LINE__, "%s: restore is damaged: %s", what, ic);
-    int64_t max = db_int(r, "SELECT coalesce(max(seq), 0) FROM t");
-    int64_t cnt = db_int(r, "SELECT count(*) FROM t");
-    if (max < (int64_t)acked || cnt != max)
-        ws_test_fail(__FILE__, __LINE__, "%s: restore has %" PRId64 " rows up to %" PRId64 "; %" PRIu64
-                     " acknowledged", what, cnt, max, acked);
-    if (db_content_hash(r) != want)
-        ws_test_fail(__FILE__, __LINE__, "%s: the restore differs from the primary", what);
-    sqlite3_close(r);
+    db_check_latest_restore(k->path, k->url, k->out, acked, what);
 }
 
 /* `walship status DB --json` (the CLI reads the spool like any process). */

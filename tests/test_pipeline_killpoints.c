@@ -98,17 +98,6 @@ static int resume_main(char **argv) {
     return 0;
 }
 
-static const char *integrity(sqlite3 *db) {
-    static char line[256];
-    sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v2(db, "PRAGMA integrity_check", -1, &st, NULL) != SQLITE_OK ||
-        sqlite3_step(st) != SQLITE_ROW)
-        snprintf(line, sizeof line, "integrity_check failed: %s", sqlite3_errmsg(db));
-    else
-        snprintf(line, sizeof line, "%s", (const char *)sqlite3_column_text(st, 0));
-    sqlite3_finalize(st);
-    return line;
-}
 
 static void run_point(const char *point, int nth, const char *expect_event) {
     char dir[3000], path[3100], url[3200], out[3200], logp[3200], kill_at[96], fdarg[16];
@@ -158,21 +147,9 @@ static void run_point(const char *point, int nth, const char *expect_event) {
     if (rc != 0) ws_test_fail(__FILE__, __LINE__, "%s: the resuming process failed (%d)", point, rc);
     acked += 2;
 
-    sqlite3 *prim = db_open_plain(path, 0);
-    uint64_t want = db_content_hash(prim);
-    sqlite3_close(prim);
-    char msg[512];
-    if (db_restore(url, out, 0, 0, 0, msg, sizeof msg) != 0)
-        ws_test_fail(__FILE__, __LINE__, "%s: restore: %s", point, msg);
-    sqlite3 *r = db_open_plain(out, 1);
-    const char *ic = integrity(r);
-    if (strcmp(ic, "ok") != 0) ws_test_fail(__FILE__, __LINE__, "%s: damaged restore: %s", point, ic);
-    int64_t max = db_int(r, "SELECT max(seq) FROM t"), cnt = db_int(r, "SELECT count(*) FROM t");
-    if (max < (int64_t)acked || cnt != max)
-        ws_test_fail(__FILE__, __LINE__, "%s: restore has %" PRId64 " rows up to %" PRId64 ", %" PRIu64
-                     " acknowledged", point, cnt, max, acked);
-    if (db_content_hash(r) != want) ws_test_fail(__FILE__, __LINE__, "%s: restore differs", point);
-    sqlite3_close(r);
+    char what[96];
+    snprintf(what, sizeof what, "kill point %s", point);
+    db_check_latest_restore(path, url, out, acked, what);
     size_t gens = db_generation_count(url);
     if (gens != 1) ws_test_fail(__FILE__, __LINE__, "%s: %zu generations, expected 1", point, gens);
     if (expect_event) {

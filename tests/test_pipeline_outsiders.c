@@ -248,45 +248,9 @@ static void resume(kase *k, int rows) {
     if (rc != 0) ws_test_fail(__FILE__, __LINE__, "the resuming walship process failed (%d)", rc);
 }
 
-static const char *integrity(sqlite3 *db) {
-    static char line[256];
-    sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v2(db, "PRAGMA integrity_check", -1, &st, NULL) != SQLITE_OK ||
-        sqlite3_step(st) != SQLITE_ROW)
-        snprintf(line, sizeof line, "integrity_check failed: %s", sqlite3_errmsg(db));
-    else
-        snprintf(line, sizeof line, "%s", (const char *)sqlite3_column_text(st, 0));
-    sqlite3_finalize(st);
-    return line;
-}
 
-/* The store's latest restore: the primary's content exactly, intact, and
-** every acknowledged seq of t in it. */
 static void check_restore(kase *k, uint64_t acked, const char *what) {
-    sqlite3 *p = db_open_plain(k->path, 0);
-    uint64_t want = db_content_hash(p);
-    int64_t pmax = db_int(p, "SELECT coalesce(max(seq), 0) FROM t");
-    sqlite3_close(p);
-    char msg[512];
-    if (db_restore(k->url, k->out, 0, 0, 0, msg, sizeof msg) != 0)
-        ws_test_fail(__FILE__, __LINE__, "%s: restore latest: %s", what, msg);
-    sqlite3 *r = db_open_plain(k->out, 1);
-    const char *ic = integrity(r);
-    if (strcmp(ic, "ok") != 0)
-        ws_test_fail(__FILE__, __LINE__, "%s: the restored database is damaged: %s", what, ic);
-    int64_t max = db_int(r, "SELECT coalesce(max(seq), 0) FROM t");
-    int64_t cnt = db_int(r, "SELECT count(*) FROM t");
-    if (max < (int64_t)acked || cnt != max)
-        ws_test_fail(__FILE__, __LINE__,
-                     "%s: restore holds %" PRId64 " rows up to seq %" PRId64
-                     "; %" PRIu64 " were acknowledged (primary: %" PRId64 ")",
-                     what, cnt, max, acked, pmax);
-    if (db_content_hash(r) != want)
-        ws_test_fail(__FILE__, __LINE__,
-                     "%s: restore differs from the primary (restored seq %" PRId64
-                     ", primary seq %" PRId64 ", primary u rows vs restored: %" PRId64 ")",
-                     what, max, pmax, db_int(r, "SELECT count(*) FROM u"));
-    sqlite3_close(r);
+    db_check_latest_restore(k->path, k->url, k->out, acked, what);
 }
 
 /* ---- cases ------------------------------------------------------------------------ */

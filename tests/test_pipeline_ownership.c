@@ -94,21 +94,6 @@ static void restores_to(const char *url, sqlite3 *db, const char *what) {
         ws_test_fail(__FILE__, __LINE__, "%s: the store's latest is not this database", what);
 }
 
-/* Waits (up to 20 s) for status last_error to contain needle; returns the
-** status JSON (free it). */
-static char *wait_error(sqlite3 *db, const char *needle) {
-    int64_t deadline = ws_mono_ms() + 20000;
-    for (;;) {
-        char *js = db_status_json(db);
-        char e[600];
-        db_json_text(js, "last_error", e, sizeof e);
-        if (strstr(e, needle)) return js;
-        if (ws_mono_ms() > deadline)
-            ws_test_fail(__FILE__, __LINE__, "last_error never said \"%s\"; status %s", needle, js);
-        free(js);
-        ws_sleep_ms(20);
-    }
-}
 
 static void case_two_urls(void) {
     char path[4300], urla[4300], urlb[4300];
@@ -159,7 +144,7 @@ static void case_two_dbs(void) {
     flush_ok(pa, a);
     sqlite3 *b = db_open_walship(pb, "", "walship_ship_interval=0");
     insert(b, "b", 7);
-    char *js = wait_error(b, "holds the backups of another database");
+    char *js = db_wait_status(b, "last_error", "holds the backups of another database");
     CHECK_CONTAINS(js, pa);
     CHECK_EQ(db_json_int(js, "error_needs_user"), 1);
     CHECK_EQ(db_json_int(js, "discarding"), 1);
@@ -190,13 +175,12 @@ static void case_adopt(void) {
         ws_test_fail(__FILE__, __LINE__, "restore: %s", msg);
     sqlite3 *c = db_open_walship(pc, url, "walship_ship_interval=0");
     insert(c, "c", 4);
-    char *js = wait_error(c, "walship_adopt=1");
+    char *js = db_wait_status(c, "last_error", "walship_adopt=1");
     free(js);
     CHECK(walship_flush(pc, 1000) != 1);
     sqlite3_close(c);
     /* The shipper of c retires once idle; reopening takes the new option. */
-    int64_t deadline = ws_mono_ms() + 20000;
-    while (walship_flush(pc, 0) != -WALSHIP_ERR_NOTFOUND && ws_mono_ms() < deadline) ws_sleep_ms(20);
+    db_wait_shipper_retired(pc);
     c = db_open_walship(pc, url, "walship_ship_interval=0&walship_adopt=1");
     insert(c, "c2", 2);
     flush_ok(pc, c);
@@ -204,11 +188,10 @@ static void case_adopt(void) {
     size_t gens = db_generation_count(url);
     CHECK(gens >= 2);
     /* The old database, back from the dead, is refused. */
-    deadline = ws_mono_ms() + 20000;
-    while (walship_flush(pa, 0) != -WALSHIP_ERR_NOTFOUND && ws_mono_ms() < deadline) ws_sleep_ms(20);
+    db_wait_shipper_retired(pa);
     a = db_open_walship(pa, url, "walship_ship_interval=0");
     insert(a, "zombie", 3);
-    js = wait_error(a, "holds the backups of another database");
+    js = db_wait_status(a, "last_error", "holds the backups of another database");
     free(js);
     CHECK(walship_flush(pa, 1000) != 1);
     restores_to(url, c, "adopt, after the old one came back");
@@ -227,8 +210,7 @@ static void case_spool_lost(void) {
     insert(a, "a", 10);
     flush_ok(pa, a);
     sqlite3_close(a);
-    int64_t deadline = ws_mono_ms() + 20000;
-    while (walship_flush(pa, 0) != -WALSHIP_ERR_NOTFOUND && ws_mono_ms() < deadline) ws_sleep_ms(20);
+    db_wait_shipper_retired(pa);
     db_spool_dir(pa, spool, sizeof spool);
     CHECK_EQ(ws_test_system("rm -rf '%s'", spool), 0);
     a = db_open_walship(pa, url, "walship_ship_interval=0");

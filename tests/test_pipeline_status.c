@@ -64,20 +64,6 @@ static int try_open(const char *path, const char *url_enc, sqlite3 **out) {
     return rc;
 }
 
-/* Polls PRAGMA walship_status until field (text) contains needle (20 s). */
-static char *wait_status(sqlite3 *db, const char *field, const char *needle) {
-    int64_t deadline = ws_mono_ms() + 20000;
-    for (;;) {
-        char *js = db_status_json(db);
-        char v[1200];
-        db_json_text(js, field, v, sizeof v);
-        if (strstr(v, needle)) return js;
-        if (ws_mono_ms() > deadline)
-            ws_test_fail(__FILE__, __LINE__, "%s never showed \"%s\": %s", field, needle, js);
-        free(js);
-        ws_sleep_ms(20);
-    }
-}
 
 /* A TCP port on 127.0.0.1 that accepts connections (the kernel's backlog)
 ** and never answers. */
@@ -123,7 +109,7 @@ static void case_no_creds(void) {
     CHECK_EQ(try_open(path, "s3%3A%2F%2Fbucket%2Fapp%3Fendpoint%3Dhttp%3A%2F%2F127.0.0.1%3A9", &db),
              SQLITE_OK);
     db_exec(db, "INSERT INTO t(v) VALUES ('works anyway')");
-    char *js = wait_status(db, "last_error", "AWS_ACCESS_KEY_ID");
+    char *js = db_wait_status(db, "last_error", "AWS_ACCESS_KEY_ID");
     CHECK_EQ(db_json_int(js, "shipper_alive"), 1);
     free(js);
     CHECK(walship_flush(path, 500) != 1);
@@ -149,7 +135,7 @@ static void case_stalled(void) {
     sqlite3 *db = NULL;
     CHECK_EQ(try_open(path, url, &db), SQLITE_OK);
     db_exec(db, "INSERT INTO t(v) VALUES ('x')");
-    char *js = wait_status(db, "last_error", "retrying");
+    char *js = db_wait_status(db, "last_error", "retrying");
     free(js);
     /* Alive all along, while the one request goes on retrying. */
     for (int i = 0; i < 50; i++) {
@@ -234,8 +220,7 @@ static void case_check(void) {
     if (rc != 0) ws_test_fail(__FILE__, __LINE__, "status --check of a healthy database: %d %s", rc, buf);
     sqlite3_close(db);
     /* Nobody ships it any more. */
-    int64_t deadline = ws_mono_ms() + 20000;
-    while (walship_flush(path, 0) != -WALSHIP_ERR_NOTFOUND && ws_mono_ms() < deadline) ws_sleep_ms(20);
+    db_wait_shipper_retired(path);
     rc = db_capture(buf, sizeof buf, "'%s' status '%s' --check", bin, path);
     CHECK_EQ(rc, 1);
     CHECK_CONTAINS(buf, "no shipper");
