@@ -148,6 +148,7 @@ static void case_stalled(void) {
     unsetenv("WALSHIP_S3_TIMEOUT_MS");
     unsetenv("WALSHIP_S3_RETRIES");
     /* The shipper is stuck in its request; the process ends without it. */
+    sqlite3_close(db);
     close(hole);
 }
 
@@ -267,6 +268,7 @@ static int emfile_main(char **argv) {
     }
     fprintf(stderr, "emfile: %d databases: %d refused their open, %d shipped, %d said why not\n", n,
             refused, shipped, said);
+    for (int i = 0; i < n && i < 64; i++) sqlite3_close(dbs[i]);
     return silent == 0 && refused + shipped + said == n && (refused > 0 || said > 0) ? 0 : 1;
 }
 
