@@ -728,7 +728,7 @@ static int consume(shipper *sh, int64_t deadline, wserr *err) {
                                : (spool_pos){0, 0};
         spool_pos pos = before;
         spool_rec rec;
-        int r = spool_read(sh->sp, &pos, &ss->recbuf, &rec, err);
+        int r = spool_read(sh->sp, NULL, &pos, &ss->recbuf, &rec, err);
         if (r < 0) return -r;
         if (r == 0) {
             /* Nothing new (pos may have moved past the end of a finished

@@ -300,7 +300,7 @@ static int place_genstart(shipper *sh, snapjob *j, int *retry, wserr *err) {
     spool_rec rec;
     wsbuf buf = {0};
     int r;
-    while ((r = spool_read(shipper_spool(sh), &pos, &buf, &rec, err)) > 0)
+    while ((r = spool_read(shipper_spool(sh), NULL, &pos, &buf, &rec, err)) > 0)
         if (rec.type == SPOOL_REC_WAL_BEGIN || rec.type == SPOOL_REC_WAL_END) *retry = 1;
     wsbuf_free(&buf);
     if (r < 0) return -r;

@@ -71,9 +71,8 @@ struct spool {
     int wr_fd;
     uint64_t wr_seq;
     uint64_t dir_synced_seq; /* log files up to this one have a durable directory entry */
-    /* consumer state: touched only by the shipper task */
-    int rd_fd;
-    uint64_t rd_seq;
+    /* the consumer's reader: touched only by the shipper task */
+    spool_reader rd;
     /* election */
     int lock_fd;
 };
@@ -361,7 +360,7 @@ int spool_open(const char *dir, spool **out, wserr *err) {
     *out = NULL;
     spool *sp = calloc(1, sizeof *sp);
     if (sp == NULL) return wserr_set(err, WALSHIP_ERR_NOMEM, "out of memory");
-    sp->ctl_fd = sp->wr_fd = sp->rd_fd = sp->lock_fd = -1;
+    sp->ctl_fd = sp->wr_fd = sp->rd.fd = sp->lock_fd = -1;
     sp->dir = strdup(dir);
     int rc = 0;
     if (sp->dir == NULL) {
@@ -423,7 +422,7 @@ void spool_close(spool *sp) {
     if (sp->ctl) munmap((void *)sp->ctl, CTL_SIZE);
     if (sp->ctl_fd >= 0) close(sp->ctl_fd);
     if (sp->wr_fd >= 0) close(sp->wr_fd);
-    if (sp->rd_fd >= 0) close(sp->rd_fd);
+    spool_reader_close(&sp->rd);
     if (sp->lock_fd >= 0) close(sp->lock_fd);
     free(sp->dir);
     free(sp);
@@ -559,23 +558,31 @@ int spool_begin(spool *sp, spool_pos *out, wserr *err) {
     return 0;
 }
 
-static int reader_fd(spool *sp, uint64_t seq, wserr *err) {
-    if (sp->rd_fd >= 0 && sp->rd_seq == seq) return 0;
+static int reader_fd(spool *sp, spool_reader *rd, uint64_t seq, wserr *err) {
+    if (rd->fd >= 0 && rd->seq == seq) return 0;
     int fd = open_log(sp, seq, O_RDONLY, err);
     if (fd < 0) return -fd;
-    if (sp->rd_fd >= 0) close(sp->rd_fd);
-    sp->rd_fd = fd;
-    sp->rd_seq = seq;
+    if (rd->fd >= 0) close(rd->fd);
+    rd->fd = fd;
+    rd->seq = seq;
     return 0;
 }
 
-int spool_read(spool *sp, spool_pos *pos, wsbuf *buf, spool_rec *rec, wserr *err) {
+void spool_reader_close(spool_reader *rd) {
+    if (rd->fd >= 0) close(rd->fd);
+    rd->fd = -1;
+    rd->seq = 0;
+}
+
+int spool_read(spool *sp, spool_reader *rd, spool_pos *pos, wsbuf *buf, spool_rec *rec,
+               wserr *err) {
+    if (rd == NULL) rd = &sp->rd;
     for (;;) {
         spool_pos end;
         spool_end(sp, &end);
         if (spool_pos_cmp(*pos, end) >= 0) return 0;
         uint64_t limit;
-        int rc = reader_fd(sp, pos->seq, err);
+        int rc = reader_fd(sp, rd, pos->seq, err);
         if (rc == WALSHIP_ERR_NOTFOUND && pos->seq < end.seq) {
             /* A sequence number skipped by an interrupted rotation. */
             wserr_clear(err);
@@ -588,7 +595,7 @@ int spool_read(spool *sp, spool_pos *pos, wsbuf *buf, spool_rec *rec, wserr *err
             limit = end.off;
         } else {
             struct stat st;
-            if (fstat(sp->rd_fd, &st) != 0)
+            if (fstat(rd->fd, &st) != 0)
                 return -wserr_errno(err, WALSHIP_ERR_IO, errno, "stat spool log");
             limit = (uint64_t)st.st_size;
         }
@@ -598,7 +605,7 @@ int spool_read(spool *sp, spool_pos *pos, wsbuf *buf, spool_rec *rec, wserr *err
             pos->off = SPOOL_FILE_HDR_SIZE;
             continue;
         }
-        long got = read_rec_at(sp->rd_fd, pos->off, limit, buf, rec);
+        long got = read_rec_at(rd->fd, pos->off, limit, buf, rec);
         if (got < 0) return -wserr_errno(err, WALSHIP_ERR_IO, errno, "read spool log");
         if (got == 0)
             return -wserr_set(err, WALSHIP_ERR_CORRUPT,

@@ -100,11 +100,23 @@ void spool_end(spool *sp, spool_pos *out);
 /* The first record position of the oldest log file present. */
 int spool_begin(spool *sp, spool_pos *out, wserr *err);
 
+/* A reader's open log file. The shipper reads through the spool's own
+** (rd NULL in spool_read); anyone else (a status reader in another thread,
+** the CLI) brings one of its own: {-1, 0}, closed with spool_reader_close. */
+typedef struct spool_reader {
+    int fd;
+    uint64_t seq;
+} spool_reader;
+void spool_reader_close(spool_reader *rd);
+
 /* Reads the record at *pos into buf and decodes it into rec, moving *pos past
 ** it (and across file boundaries). Returns 1 for a record, 0 at the
 ** published end, or a negative walship_err. A record that fails its checks
-** before the published end is corruption of the spool (WALSHIP_ERR_CORRUPT). */
-int spool_read(spool *sp, spool_pos *pos, wsbuf *buf, spool_rec *rec, wserr *err);
+** before the published end is corruption of the spool (WALSHIP_ERR_CORRUPT).
+** rd: the caller's reader, or NULL for the shipper's (only the thread
+** running the shipper's step may use that one). */
+int spool_read(spool *sp, spool_reader *rd, spool_pos *pos, wsbuf *buf, spool_rec *rec,
+               wserr *err);
 
 /* Bytes in the log files now (a directory listing and a stat per file). */
 uint64_t spool_log_bytes(spool *sp);

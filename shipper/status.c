@@ -63,12 +63,15 @@ void ws_status_json(spool *sp, const char *db_path, const char *url, char *out, 
         if (st.heartbeat_ms == 0) spool_begin(sp, &pos, NULL);
         wsbuf buf = {0};
         spool_rec rec;
-        for (int i = 0; i < 64 && spool_read(sp, &pos, &buf, &rec, NULL) > 0; i++) {
+        /* Its own reader: the shipper's belongs to the shipper's thread. */
+        spool_reader rd = {-1, 0};
+        for (int i = 0; i < 64 && spool_read(sp, &rd, &pos, &buf, &rec, NULL) > 0; i++) {
             if (rec.type == SPOOL_REC_WATERMARK) {
                 if (oldest == 0 || rec.time_ms < oldest) oldest = rec.time_ms;
                 break;
             }
         }
+        spool_reader_close(&rd);
         wsbuf_free(&buf);
         if (oldest > 0 && now > oldest) lag = now - oldest;
     } else if (st.oldest_unshipped_ms > 0 && now > st.oldest_unshipped_ms) {

@@ -16,7 +16,12 @@
 **   - latest restore (straight from the server) equals the primary byte
 **     for byte, and restores at sampled TXIDs show the right commit.
 **
-** ctest-labels: pipeline s3
+** The status is read (PRAGMA walship_status, from this thread) while the
+** shipper works in its own: the TSan tree runs this test too (a status
+** reader once shared the shipper's open log file descriptor: the shipper
+** then read a directory, or someone else's file).
+**
+** ctest-labels: pipeline s3 threads
 ** ctest-timeout: 300
 */
 #include <inttypes.h>
