@@ -51,12 +51,21 @@
 
 /* ---- the writer (a child process) ------------------------------------------------- */
 
-/* writer PATH URL FD SYNC: commits one row per transaction into t (seq = max
+/* writer PATH URL FD SYNC FAULTS POWERLOSS: commits one row per transaction into t (seq = max
 ** + 1) and tells FD each seq after COMMIT returned OK. A failing commit (the
 ** disk is full, a copy before a WAL restart could not be made) is rolled
 ** back and tried again. Now and then a RESTART or TRUNCATE checkpoint. Runs
 ** until killed or until FD is closed. */
+/* Children get their fault settings as arguments and set them before any
+** thread exists (setenv in the test process, which has shipper threads,
+** would race with their getenv). "-" means unset. */
+static void child_env(const char *faults, const char *powerloss) {
+    if (faults && strcmp(faults, "-") != 0) setenv("WALSHIP_FAULTS", faults, 1);
+    if (powerloss && strcmp(powerloss, "-") != 0) setenv("WALSHIP_POWERLOSS_DIR", powerloss, 1);
+}
+
 static int writer_main(char **argv) {
+    child_env(argv[6], argv[7]);
     int fd = atoi(argv[4]);
     sqlite3 *db = db_open_walship(argv[2], argv[3], "walship_ship_interval=100ms");
     sqlite3_busy_timeout(db, 30000);
@@ -87,8 +96,10 @@ static int writer_main(char **argv) {
     return 0;
 }
 
-/* resume PATH URL: opens through walship and flushes; exit 0 if flushed. */
+/* resume PATH URL FAULTS POWERLOSS: opens through walship and flushes;
+** exit 0 if flushed. */
 static int resume_main(char **argv) {
+    child_env(argv[4], argv[5]);
     sqlite3 *db = db_open_walship(argv[2], argv[3], "walship_ship_interval=0");
     int fl = walship_flush(argv[2], 120000);
     if (fl != 1) {
@@ -127,13 +138,16 @@ typedef struct writer {
     uint64_t acked;
 } writer;
 
+/* The fault settings children of the current case get ("-": none). */
+static const char *cur_faults = "-", *cur_powerloss = "-";
+
 static writer start_writer(kase *k, const char *sync) {
     int p[2];
     CHECK_EQ(pipe2(p, O_CLOEXEC), 0);
     CHECK_EQ(fcntl(p[1], F_SETFD, 0), 0);
     char fdarg[16];
     snprintf(fdarg, sizeof fdarg, "%d", p[1]);
-    const char *args[] = {"writer", k->path, k->url, fdarg, sync, NULL};
+    const char *args[] = {"writer", k->path, k->url, fdarg, sync, cur_faults, cur_powerloss, NULL};
     writer w = {child_spawn(args), p[0], 0};
     close(p[1]);
     return w;
@@ -166,7 +180,7 @@ static void kill_writer(writer *w) {
 }
 
 static void resume(kase *k) {
-    const char *args[] = {"resume", k->path, k->url, NULL};
+    const char *args[] = {"resume", k->path, k->url, cur_faults, cur_powerloss, NULL};
     int rc = child_wait(child_spawn(args));
     if (rc != 0) ws_test_fail(__FILE__, __LINE__, "the resuming walship process failed (%d)", rc);
 }
@@ -214,7 +228,7 @@ static void case_disk_full(void) {
     char full[3100], rules[16000];
     snprintf(full, sizeof full, "%s/flag-disk-full", k.dir);
     snprintf(rules, sizeof rules, "any:ENOSPC,path=%s/,while=%s", k.spool, full);
-    setenv("WALSHIP_FAULTS", rules, 1);
+    cur_faults = rules;
     writer w = start_writer(&k, "normal");
     drain_acks(&w, 300);
     CHECK(w.acked > 0);
@@ -244,7 +258,7 @@ static void case_disk_full(void) {
     /* The writer stops; the store comes back; the disk is still full. */
     kill_writer(&w);
     store_frozen(&k, 0);
-    const char *args[] = {"resume", k.path, k.url, NULL};
+    const char *args[] = {"resume", k.path, k.url, cur_faults, cur_powerloss, NULL};
     pid_t r = child_spawn(args); /* its shipper does the work; its flush waits */
     deadline = ws_mono_ms() + 120000;
     while (queue_files(&k) > 0) {
@@ -256,7 +270,7 @@ static void case_disk_full(void) {
     flag(full, 0);
     int rc = child_wait(r);
     if (rc != 0) ws_test_fail(__FILE__, __LINE__, "flush after the disk freed up failed (%d)", rc);
-    unsetenv("WALSHIP_FAULTS");
+    cur_faults = "-";
     check_restore(&k, w.acked, "disk_full");
 }
 
@@ -266,7 +280,6 @@ static void case_disk_full(void) {
 static void case_spool_limit(void) {
     static kase k;
     setup(&k, "spool_limit");
-    unsetenv("WALSHIP_FAULTS");
     sqlite3 *db = db_open_walship(k.path, k.url, "walship_ship_interval=100ms&walship_spool_limit=1MiB");
     db_exec(db, "INSERT INTO t(seq, pad) VALUES (1, randomblob(1000))");
     CHECK_EQ(walship_flush(k.path, 60000), 1);
@@ -326,7 +339,7 @@ static void case_flaky(void) {
         len += (size_t)snprintf(rules + len, sizeof rules - len, "%s%s,while=%s", i ? ";" : "", spec,
                                 flags[i]);
     }
-    setenv("WALSHIP_FAULTS", rules, 1);
+    cur_faults = rules;
     writer w = start_writer(&k, "normal");
     drain_acks(&w, 200);
     int toggles = 0;
@@ -338,7 +351,7 @@ static void case_flaky(void) {
     drain_acks(&w, 300);
     kill_writer(&w);
     resume(&k);
-    unsetenv("WALSHIP_FAULTS");
+    cur_faults = "-";
     fprintf(stderr, "%d fault toggles, %" PRIu64 " rows acknowledged\n", toggles, w.acked);
     check_restore(&k, w.acked, "flaky");
 }
@@ -346,7 +359,7 @@ static void case_flaky(void) {
 static void case_power_loss(void) {
     static kase k;
     setup(&k, "power_loss");
-    setenv("WALSHIP_POWERLOSS_DIR", k.spool, 1);
+    cur_powerloss = k.spool;
     uint64_t acked = 0;
     int rounds = getenv("WALSHIP_SANITIZE") && *getenv("WALSHIP_SANITIZE") ? 10 : 30;
     int changed_total = 0;
@@ -365,7 +378,7 @@ static void case_power_loss(void) {
         snprintf(what, sizeof what, "power loss round %d", round);
         check_restore(&k, acked, what);
     }
-    unsetenv("WALSHIP_POWERLOSS_DIR");
+    cur_powerloss = "-";
     fprintf(stderr, "%d power losses (%d spool files reverted or lost), %" PRIu64 " rows acknowledged\n",
             rounds, changed_total, acked);
 }

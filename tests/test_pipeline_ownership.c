@@ -133,9 +133,6 @@ static void case_two_dbs(void) {
     strcat(pa, "/app.db");
     strcat(pb, "/app.db");
     mkpath(base, sizeof base, "base");
-    char env[4400];
-    snprintf(env, sizeof env, "file://%s", base);
-    setenv("WALSHIP_URL", env, 1);
     snprintf(url, sizeof url, "file://%s/app.db", base);
     create_db(pa);
     create_db(pb);
@@ -156,7 +153,6 @@ static void case_two_dbs(void) {
     restores_to(url, a, "two_dbs, a goes on");
     sqlite3_close(b);
     sqlite3_close(a);
-    unsetenv("WALSHIP_URL");
 }
 
 static void case_adopt(void) {
@@ -264,6 +260,11 @@ static void case_markers(void) {
 
 int main(void) {
     snprintf(dir, sizeof dir, "%s", ws_test_tmpdir());
+    /* The base destination of case_two_dbs, set before any thread exists
+    ** (the other cases name their URL, which wins). */
+    char base[4400];
+    snprintf(base, sizeof base, "file://%s/base", dir);
+    setenv("WALSHIP_URL", base, 1);
     RUN(case_two_urls);
     RUN(case_two_dbs);
     RUN(case_adopt);
