@@ -152,7 +152,7 @@ int cmd_ship(int argc, char **argv) {
             char json[8192];
             spool_status st;
             spool_status_get(shipper_spool(sh), &st);
-            ws_status_json(shipper_spool(sh), path, cfg.url, json, sizeof json);
+            shipper_status_json(sh, json, sizeof json);
             fprintf(stderr, "walship ship: could not drain %s: %s\n", path,
                     r < 0            ? walship_strerror(-r)
                     : st.last_error[0] ? st.last_error
@@ -211,7 +211,8 @@ int cmd_status(int argc, char **argv) {
     if (spool_open(dir, &sp, &err) != 0) return cli_fail(&err);
     char out[8192];
     ws_ident id;
-    ws_status_json(sp, path, ident_load(dir, &id, NULL) == 0 ? id.url : NULL, out, sizeof out);
+    ws_status_json(sp, path, ident_load(dir, &id, NULL) == 0 ? id.url : NULL, NULL, out,
+                   sizeof out);
     spool_close(sp);
     int rc = 0;
     if (check) {

@@ -144,10 +144,14 @@ static int fd_path(int fd, char *out, size_t n) {
     return 0;
 }
 
-/* Does a rule make this call fail? Sets errno and returns -1 if so. */
-static int fault(int op, const char *path) {
+/* Does a rule make this call fail? Sets errno and returns -1 if so (-2:
+** a short write). A full disk (ENOSPC, EDQUOT) fails only calls that need
+** room (needs_space): overwriting bytes a file already has, or shrinking
+** it, still works on a full file system. */
+static int fault(int op, const char *path, int needs_space) {
     for (int i = 0; i < nrules; i++) {
         rule *r = &rules[i];
+        if (!needs_space && (r->err == ENOSPC || r->err == EDQUOT)) continue;
         if (r->op != op && !(r->op == OP_ANY && op != OP_SHORT) && !(r->op == OP_SHORT && op == OP_WRITE))
             continue;
         if (r->path[0] && (path == NULL || strstr(path, r->path) == NULL)) continue;
@@ -231,7 +235,7 @@ int ws_sys_open(const char *path, int flags, mode_t mode) {
     if (!on()) return open(path, flags, mode);
     int existed = access(path, F_OK) == 0;
     /* Creating a file needs room; opening one that exists does not. */
-    if ((flags & O_CREAT) && !existed && fault(OP_CREATE, path) != 0) return -1;
+    if ((flags & O_CREAT) && !existed && fault(OP_CREATE, path, 1) != 0) return -1;
     int fd = open(path, flags, mode);
     if (fd >= 0 && under_powerloss(path) && ((flags & O_TRUNC) || !existed))
         shadow_resize(path, 0, 1);
@@ -242,7 +246,7 @@ static int sync_common(int fd, int data_only) {
     if (!on()) return data_only ? fdatasync(fd) : fsync(fd);
     char path[PATH_MAX];
     int have = fd_path(fd, path, sizeof path) == 0;
-    if (fault(OP_SYNC, have ? path : NULL) != 0) return -1;
+    if (fault(OP_SYNC, have ? path : NULL, 1) != 0) return -1;
     int rc = data_only ? fdatasync(fd) : fsync(fd);
     struct stat st;
     if (rc == 0 && have && under_powerloss(path) && fstat(fd, &st) == 0 && S_ISREG(st.st_mode))
@@ -255,7 +259,7 @@ int ws_sys_fsync(int fd) { return sync_common(fd, 0); }
 
 int ws_sys_rename(const char *from, const char *to) {
     if (!on()) return rename(from, to);
-    if (fault(OP_RENAME, to) != 0) return -1;
+    if (fault(OP_RENAME, to, 1) != 0) return -1;
     int rc = rename(from, to);
     if (rc == 0 && under_powerloss(to)) shadow_move(from, to, 0);
     return rc;
@@ -263,7 +267,7 @@ int ws_sys_rename(const char *from, const char *to) {
 
 int ws_sys_link(const char *from, const char *to) {
     if (!on()) return link(from, to);
-    if (fault(OP_RENAME, to) != 0) return -1;
+    if (fault(OP_RENAME, to, 1) != 0) return -1;
     int rc = link(from, to);
     if (rc == 0 && under_powerloss(to)) shadow_move(from, to, 1);
     return rc;
@@ -273,18 +277,23 @@ int ws_sys_ftruncate(int fd, off_t len) {
     if (!on()) return ftruncate(fd, len);
     char path[PATH_MAX];
     int have = fd_path(fd, path, sizeof path) == 0;
-    if (fault(OP_TRUNCATE, have ? path : NULL) != 0) return -1;
+    struct stat st;
+    int grows = fstat(fd, &st) != 0 || len > st.st_size;
+    if (fault(OP_TRUNCATE, have ? path : NULL, grows) != 0) return -1;
     int rc = ftruncate(fd, len);
     if (rc == 0 && have && under_powerloss(path)) shadow_resize(path, len, 0);
     return rc;
 }
 
-int ws_sys_write_fault(int fd, size_t n, size_t *short_len) {
+int ws_sys_write_fault(int fd, size_t n, off_t off, size_t *short_len) {
     *short_len = 0;
     if (!on() || nrules == 0) return 0;
     char path[PATH_MAX];
     int have = fd_path(fd, path, sizeof path) == 0;
-    int r = fault(OP_WRITE, have ? path : NULL);
+    struct stat st;
+    if (off < 0) off = lseek(fd, 0, SEEK_CUR);
+    int grows = off < 0 || fstat(fd, &st) != 0 || off + (off_t)n > st.st_size;
+    int r = fault(OP_WRITE, have ? path : NULL, grows);
     if (r == -2) {
         *short_len = n / 2;
         return n / 2 > 0 ? 0 : -1;

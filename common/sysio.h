@@ -15,7 +15,9 @@
 **   RULE  = OP:ERR[,path=SUBSTR][,after=N][,count=N][,while=FILE]
 **   OP    = write | sync | create | rename | truncate | short | any
 **           (short: a write that stores half its bytes, then fails)
-**   ERR   = ENOSPC | EIO | EDQUOT | EROFS
+**   ERR   = ENOSPC | EIO | EDQUOT | EROFS (a full disk, ENOSPC or EDQUOT,
+**           fails only what needs room: creating, renaming, syncing,
+**           writing past a file's end, growing it)
 **   path=SUBSTR  only calls on files whose path contains SUBSTR
 **   after=N      the first N matching calls succeed
 **   count=N      at most N calls fail, then the rule is spent
@@ -44,9 +46,10 @@ int ws_sys_link(const char *from, const char *to);
 int ws_sys_ftruncate(int fd, off_t len);
 
 /* For common/util.c's write loops: 0 to go on, or -1 with errno set when a
-** fault rule says this write fails. *short_len is set (> 0) when only that
-** many bytes must be written before the failure. */
-int ws_sys_write_fault(int fd, size_t n, size_t *short_len);
+** fault rule says this write of n bytes at off (-1: the file position) fails.
+** *short_len is set (> 0) when only that many bytes must be written before
+** the failure. */
+int ws_sys_write_fault(int fd, size_t n, off_t off, size_t *short_len);
 
 /* Tests: makes every file under dir what a power failure would leave
 ** (see POWER LOSS). Returns the number of files changed, or -1. */

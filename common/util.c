@@ -160,7 +160,7 @@ uint64_t ws_hash64(const void *p, size_t n) { return XXH3_64bits(p, n); }
 /* A write the fault layer (sysio.h) fails: nothing, or half of it, lands. */
 static int write_fault(int fd, const void *buf, size_t n, off_t off, int positional) {
     size_t part = 0;
-    if (ws_sys_write_fault(fd, n, &part) != 0) return -1;
+    if (ws_sys_write_fault(fd, n, positional ? off : -1, &part) != 0) return -1;
     if (part == 0) return 0;
     ssize_t w = positional ? pwrite(fd, buf, part, off) : write(fd, buf, part);
     (void)w;

@@ -418,6 +418,14 @@ int shipper_take_final_hdr(shipper *sh, walidx_hdr *out) {
     return have ? 0 : -1;
 }
 
+void shipper_status_json(shipper *sh, char *out, size_t n) {
+    char local[SPOOL_ERR_MAX];
+    pthread_mutex_lock(&sh->mu);
+    ws_strlcpy(local, sh->vfs_error, sizeof local);
+    pthread_mutex_unlock(&sh->mu);
+    ws_status_json(sh->sp, sh->db_path, sh->cfg.url, local, out, n);
+}
+
 void shipper_report_error(shipper *sh, const char *fmt, ...) {
     char msg[SPOOL_ERR_MAX];
     va_list ap;

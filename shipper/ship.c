@@ -1833,10 +1833,16 @@ int64_t ship_step(shipper *sh) {
     if (ss->phase == PH_UNELECTED) {
         if (!sh->cfg.upload) return now + 3600 * 1000; /* records only; never ships */
         int r = spool_try_elect(sh->sp, &err);
-        if (r <= 0) {
-            if (r < 0) set_error(sh, err.msg);
-            return now + ELECT_RETRY_MS;
+        if (r < 0) {
+            /* Not even a candidate (EMFILE, say): the status of this
+            ** process shows why (shipper_status_json). */
+            set_error(sh, err.msg);
+            ss->elect_failed = 1;
+        } else if (ss->elect_failed) {
+            clear_error(sh);
+            ss->elect_failed = 0;
         }
+        if (r <= 0) return now + ELECT_RETRY_MS;
         sh->elected = 1;
         ss->phase = PH_INIT;
         WS_INFO("elected", "db=%s pid=%d", sh->db_path, (int)getpid());

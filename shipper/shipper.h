@@ -63,8 +63,16 @@ void shipper_report_error(shipper *sh, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
 /* Writes the status of a database as one JSON object (see README) into out.
-** spool may belong to any process; url may be NULL. */
-void ws_status_json(spool *sp, const char *db_path, const char *url, char *out, size_t n);
+** spool may belong to any process; url may be NULL. local_error (may be
+** NULL) is a problem the calling process saw itself: shown as last_error
+** when the shared status holds none (a process that could not even take
+** part in the election has no other way to say why nothing ships). */
+void ws_status_json(spool *sp, const char *db_path, const char *url, const char *local_error,
+                    char *out, size_t n);
+
+/* ws_status_json for this process's shipper of a database, with its own
+** last problem as local_error. */
+void shipper_status_json(shipper *sh, char *out, size_t n);
 
 /* The VFS the shipper reads the database file and its shared memory
 ** through (a sqlite3_vfs*, normally the default "unix" VFS): never plain

@@ -97,6 +97,7 @@ typedef struct ship_state {
     int64_t next_retention_mono;
     uint64_t marked_gen;       /* generation whose ownership marker is known written */
     int64_t next_claim_mono;   /* next look at the destination's owner while uploading */
+    int elect_failed;          /* the last election attempt failed (its error is shown) */
 
     /* Discarding (ship.c): history is not kept while the destination is
     ** refused (another database owns it) or the spool hit its limit during

@@ -34,9 +34,12 @@ static uint64_t dir_bytes(const char *dir, int depth) {
     return total;
 }
 
-void ws_status_json(spool *sp, const char *db_path, const char *url, char *out, size_t n) {
+void ws_status_json(spool *sp, const char *db_path, const char *url, const char *local_error,
+                    char *out, size_t n) {
     spool_status st;
     spool_status_get(sp, &st);
+    if (st.last_error[0] == '\0' && local_error != NULL)
+        ws_strlcpy(st.last_error, local_error, sizeof st.last_error);
     if (st.heartbeat_ms == 0) {
         /* No shipper has run since the spool was last opened: what the
         ** last one made durable is in its state file. */

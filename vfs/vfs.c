@@ -444,8 +444,7 @@ static int handle_pragma(ws_file *f, char **azArg) {
         char *json = sqlite3_malloc(8192);
         if (json == NULL) return SQLITE_NOMEM;
         if (f->sh)
-            ws_status_json(shipper_spool(f->sh), shipper_db_path(f->sh),
-                           shipper_config(f->sh)->url, json, 8192);
+            shipper_status_json(f->sh, json, 8192);
         else
             snprintf(json, 8192, "{\"shipping\":false}");
         azArg[0] = json;
