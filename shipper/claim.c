@@ -110,6 +110,16 @@ int claim_destination(shipper *sh, wserr *err) {
     return wserr_set(err, WALSHIP_ERR_BUSY, "could not settle the destination's owner record");
 }
 
+int claim_writable(shipper *sh, wserr *err) {
+    int rc = claim_destination(sh, err);
+    ws_owner cur;
+    if (rc == 0) rc = read_record(sh, OWNER_KEY, &cur, err);
+    if (rc == 0 && cur.db_id != sh->db_id)
+        rc = wserr_set(err, WALSHIP_ERR_OWNER, "the destination changed owner");
+    if (rc == 0) rc = write_record(sh, OWNER_KEY, &cur, 0, err);
+    return rc;
+}
+
 int claim_generation(shipper *sh, uint64_t gen, wserr *err) {
     char key[64];
     owner_gen_key(key, sizeof key, gen);

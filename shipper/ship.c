@@ -1752,10 +1752,9 @@ static void discard_retry(shipper *sh) {
     if (ss->discarding == DISCARD_OWNER) {
         rc = claim_destination(sh, &err);
     } else {
-        store_obj o;
-        rc = store_head(ss->st, OWNER_KEY, &o, &err);
-        if (rc == WALSHIP_ERR_NOTFOUND) rc = 0;
-        if (rc == 0) rc = claim_destination(sh, &err);
+        /* A store that answers reads may still refuse writes: a new
+        ** generation's snapshot would fill the spool again. */
+        rc = claim_writable(sh, &err);
     }
     if (rc == 0) {
         WS_WARN("discarding_ends", "db=%s action=\"new generation\"", sh->db_path);
@@ -1780,6 +1779,13 @@ static void discard_retry(shipper *sh) {
     ss->discard_retry_mono = ws_mono_ms() + ss->discard_backoff_ms;
 }
 
+static uint64_t tmp_bytes(shipper *sh, const char *name) {
+    char path[PATH_MAX];
+    struct stat st;
+    if (spool_file(sh, name, path, sizeof path) != 0 || stat(path, &st) != 0) return 0;
+    return (uint64_t)st.st_size;
+}
+
 /* The spool's limit: walship_spool_limit, or twice the database (1 GiB at
 ** least). Checked while uploads fail: past it, the queued history goes. */
 static void check_spool_limit(shipper *sh) {
@@ -1794,6 +1800,7 @@ static void check_spool_limit(shipper *sh) {
     }
     uint64_t used = ss->queue_bytes + spool_log_bytes(sh->sp);
     if (ss->segw) used += seg_writer_bytes(ss->segw);
+    if (ss->snap) used += tmp_bytes(sh, "snap.tmp") + tmp_bytes(sh, "overlay.tmp");
     if (used <= limit) return;
     char why[WSERR_MSG_MAX], cause[200];
     pthread_mutex_lock(&sh->mu);
@@ -1955,7 +1962,12 @@ int64_t ship_step(shipper *sh) {
         if (due < next) next = due;
     }
     if (ss->snap && snapjob_active(ss->snap)) next = ws_mono_ms();
-    if (ss->nqueue > 0) next = ss->retry_at_ms > ws_mono_ms() ? ss->retry_at_ms : ws_mono_ms();
+    /* Queued objects are due at their retry time; consumption, durability
+    ** points and the spool limit keep their own pace meanwhile (a backoff
+    ** of up to 30 s must not stop them: the VFS would copy every frame the
+    ** shipper has not taken into the spool, unchecked). */
+    if (ss->nqueue > 0 && ss->retry_at_ms < next)
+        next = ss->retry_at_ms > ws_mono_ms() ? ss->retry_at_ms : ws_mono_ms();
     spool_pos end;
     spool_end(sh->sp, &end);
     if (spool_pos_cmp((spool_pos){ss->cur.log_seq, ss->cur.log_off}, end) < 0 && ss->cur_known)

@@ -187,5 +187,8 @@ int claim_destination(shipper *sh, wserr *err);
 int claim_generation(shipper *sh, uint64_t gen, wserr *err);
 /* For a generation being resumed: its marker must be ours (written if absent). */
 int claim_generation_check(shipper *sh, uint64_t gen, wserr *err);
+/* claim_destination, then proof that the store takes writes: the
+** destination's record, ours, is written again as it is. */
+int claim_writable(shipper *sh, wserr *err);
 
 #endif

@@ -308,7 +308,7 @@ static void case_spool_limit(void) {
     CHECK_CONTAINS(e, "limit");
     free(js);
     /* Bounded: about the limit, plus one log file and one segment. */
-    if (peak > (int64_t)16 << 20)
+    if (peak > (int64_t)8 << 20)
         ws_test_fail(__FILE__, __LINE__, "the spool grew to %" PRId64 " bytes past a 1 MiB limit", peak);
     store_frozen(&k, 0);
     CHECK_EQ(walship_flush(k.path, 120000), 1);
