@@ -58,7 +58,10 @@
 **   - the replica reaches the final generation and TXID (`walship status
 **     rep.db --json`); its readers are stopped and saw nothing wrong; the
 **     replica is stopped with SIGTERM (exit 0) and its file equals the
-**     primary byte for byte.
+**     primary byte for byte;
+**   - every new generation the walship processes logged has a reason a
+**     process outside walship explains (outsider_reasons); a SIGKILL, an
+**     outage or walship's own checkpoints never break the history.
 **   Exit 0 only if everything held. Failures are printed as they are found
 **   ("soak FAIL: ..."), the run goes on to the end, and the directory is
 **   kept (its path printed): events.log (what the soak did, with times),
@@ -1237,9 +1240,31 @@ static int64_t check_replica(uint64_t gen, uint64_t txid, uint64_t *reads) {
     return caught;
 }
 
+/* Why a new generation may begin in this soak: processes outside walship
+** write, checkpoint, truncate, restart and delete the WAL, and walship
+** cannot always follow (README: "If the database is changed behind
+** walship's back ... starts a new generation"). Every other reason is a
+** failure: a SIGKILL, a store outage, a checkpoint or a restart of
+** walship's own processes must never break the history. */
+static const char *const outsider_reasons[] = {
+    "the WAL was checkpointed and removed by a process outside walship",
+    "the database changed outside walship",
+    "the WAL changed outside walship",
+    "commits in a WAL walship never saw begin",
+    "the database file changed while no WAL was open",
+    "the database file changed outside walship",
+};
+
+static int outsider_reason(const char *r) {
+    for (size_t i = 0; i < sizeof outsider_reasons / sizeof outsider_reasons[0]; i++)
+        if (strncmp(r, outsider_reasons[i], strlen(outsider_reasons[i])) == 0) return 1;
+    return 0;
+}
+
 /* Counts the new generations the walship children logged (event
 ** new_generation) by reason, into out: "N (reason: count; ...)". A reason's
-** details in parentheses are left out, so alike ones count together. */
+** details in parentheses are left out, so alike ones count together. Each
+** one no outsider explains is a failure, named with its log line. */
 static int generation_reasons(char *out, size_t n) {
     enum { MAXR = 16 };
     static char reason[MAXR][128];
@@ -1259,6 +1284,10 @@ static int generation_reasons(char *out, size_t n) {
             const char *r = strstr(p, "reason=\""), *nl = strchr(p, '\n');
             if (r == NULL || (nl && r > nl)) continue;
             r += 8;
+            int line = nl ? (int)(nl - p) : (int)strlen(p);
+            if (!outsider_reason(r))
+                soak_fail("a new generation no process outside walship explains (%s): %.*s", path,
+                          line < 400 ? line : 400, p);
             size_t len = strcspn(r, "\"(\n");
             while (len > 0 && r[len - 1] == ' ') len--;
             if (len >= sizeof reason[0]) len = sizeof reason[0] - 1;
