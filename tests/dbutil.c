@@ -294,6 +294,15 @@ int db_hold_ship_lock(const char *spool_dir, int timeout_ms) {
     return -1;
 }
 
+int db_flush_or_say(const char *path, sqlite3 *db, int timeout_ms, const char *who) {
+    int fl = walship_flush(path, timeout_ms);
+    if (fl == 1) return 1;
+    char *js = db_status_json(db);
+    fprintf(stderr, "%s: walship_flush returned %d; status %s\n", who, fl, js);
+    free(js);
+    return 0;
+}
+
 char *db_status_json(sqlite3 *db) {
     sqlite3_stmt *st = NULL;
     if (sqlite3_prepare_v2(db, "PRAGMA walship_status", -1, &st, NULL) != SQLITE_OK)

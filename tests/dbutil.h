@@ -86,6 +86,11 @@ void db_wait_shipper_retired(const char *db_path);
 
 /* The JSON of PRAGMA walship_status on db, as a malloc'ed string (free()). */
 char *db_status_json(sqlite3 *db);
+
+/* walship_flush(path, timeout_ms) == 1; otherwise says so with the status
+** on stderr ("<who>: walship_flush returned N; status {...}") and returns 0.
+** For child processes, whose exit code carries the outcome. */
+int db_flush_or_say(const char *path, sqlite3 *db, int timeout_ms, const char *who);
 /* json_extract(json, '$.<field>') as an integer (-1 if absent or not a
 ** number), or as text copied into out ("" if absent). */
 int64_t db_json_int(const char *json, const char *field);

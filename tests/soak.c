@@ -120,17 +120,6 @@ static void tell(int fd, uint64_t first, uint64_t last) {
     if (ws_write_all(fd, m, sizeof m) != 0) _exit(3);
 }
 
-/* The first line of PRAGMA integrity_check into out ("ok" when intact). */
-static void integrity_line(sqlite3 *db, char *out, size_t n) {
-    sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v2(db, "PRAGMA integrity_check", -1, &st, NULL) != SQLITE_OK ||
-        sqlite3_step(st) != SQLITE_ROW)
-        snprintf(out, n, "integrity_check failed: %s", sqlite3_errmsg(db));
-    else
-        snprintf(out, n, "%s", (const char *)sqlite3_column_text(st, 0));
-    sqlite3_finalize(st);
-}
-
 /* A child's fatal error: one line on its log, then exit(code). */
 static void die(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3), noreturn));
 static void die(int code, const char *fmt, ...) {
@@ -467,17 +456,14 @@ static int final_main(char **argv) {
     fprintf(stderr, "soak final pid=%d start\n", (int)getpid());
     sqlite3 *db = db_open_walship(path, url, extra);
     sqlite3_busy_timeout(db, 60000);
-    char ic[512];
-    integrity_line(db, ic, sizeof ic);
+    const char *ic = db_integrity(db);
     if (strcmp(ic, "ok") != 0) die(4, "the primary fails integrity_check: %s", ic);
     int64_t cnt = db_int(db, "SELECT count(*) FROM t"), max = db_int(db, "SELECT max(seq) FROM t");
     if (cnt != max) die(5, "the primary has %" PRId64 " rows up to seq %" PRId64, cnt, max);
     int rc = sqlite3_wal_checkpoint_v2(db, "main", SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
     if (rc != SQLITE_OK) die(6, "TRUNCATE checkpoint: %d %s", rc, sqlite3_errmsg(db));
-    int fl = walship_flush(path, 600000);
+    if (!db_flush_or_say(path, db, 600000, "soak final")) die(7, "walship_flush failed");
     char *js = db_status_json(db);
-    fprintf(stderr, "soak final: walship_flush returned %d; status %s\n", fl, js);
-    if (fl != 1) die(7, "walship_flush returned %d", fl);
     uint64_t gen = 0, txid = 0, shipped = 0;
     if (rt_json_u64(js, "generation", &gen) || rt_json_u64(js, "txid", &txid) ||
         rt_json_u64(js, "shipped_txid", &shipped))
@@ -1133,8 +1119,7 @@ static void check_latest(uint64_t gen, uint64_t txid) {
                   "; the final process shipped %016" PRIx64 " at %" PRIu64,
                   ngen ? ids[ngen - 1] : 0, ngen ? last[ngen - 1] : 0, gen, txid);
     sqlite3 *r = open_immutable(S.out);
-    char ic[512];
-    integrity_line(r, ic, sizeof ic);
+    const char *ic = db_integrity(r);
     if (strcmp(ic, "ok") != 0) soak_fail("the latest restore fails integrity_check: %s", ic);
     int64_t cnt = db_int(r, "SELECT count(*) FROM t"), max = db_int(r, "SELECT max(seq) FROM t");
     if (cnt != max) soak_fail("the latest restore has %" PRId64 " rows up to seq %" PRId64, cnt, max);
@@ -1174,7 +1159,7 @@ static int check_history(size_t *ngen_out) {
             }
             done++;
             sqlite3 *r = open_immutable(S.out);
-            integrity_line(r, ic, sizeof ic);
+            ws_strlcpy(ic, db_integrity(r), sizeof ic);
             int64_t cnt = db_int(r, "SELECT count(*) FROM t"), max = db_int(r, "SELECT coalesce(max(seq), 0) FROM t");
             sqlite3_close(r);
             if (strcmp(ic, "ok") != 0)

@@ -101,13 +101,7 @@ static int writer_main(char **argv) {
 static int resume_main(char **argv) {
     child_env(argv[4], argv[5]);
     sqlite3 *db = db_open_walship(argv[2], argv[3], "walship_ship_interval=0");
-    int fl = walship_flush(argv[2], 120000);
-    if (fl != 1) {
-        char *js = db_status_json(db);
-        fprintf(stderr, "resume: walship_flush returned %d; status %s\n", fl, js);
-        free(js);
-        return 1;
-    }
+    if (!db_flush_or_say(argv[2], db, 120000, "resume")) return 1;
     sqlite3_close(db);
     return 0;
 }

@@ -88,12 +88,7 @@ static int resume_main(char **argv) {
     sqlite3 *db = db_open_walship(argv[2], argv[3], "walship_ship_interval=0");
     db_exec(db, "INSERT INTO t(seq, pad) SELECT coalesce(max(seq), 0) + 1, randomblob(10) FROM t");
     db_exec(db, "INSERT INTO t(seq, pad) SELECT coalesce(max(seq), 0) + 1, randomblob(10) FROM t");
-    int fl = walship_flush(argv[2], 60000);
-    if (fl != 1) {
-        char *js = db_status_json(db);
-        fprintf(stderr, "resume: walship_flush returned %d; status %s\n", fl, js);
-        return 1;
-    }
+    if (!db_flush_or_say(argv[2], db, 60000, "resume")) return 1;
     sqlite3_close(db);
     return 0;
 }

@@ -113,13 +113,7 @@ static int resume_main(char **argv) {
                  seq + i);
         db_exec(db, sql);
     }
-    int fl = walship_flush(argv[2], 60000);
-    if (fl != 1) {
-        char *js = db_status_json(db);
-        fprintf(stderr, "resume: walship_flush returned %d; status %s\n", fl, js);
-        free(js);
-        return 1;
-    }
+    if (!db_flush_or_say(argv[2], db, 60000, "resume")) return 1;
     sqlite3_close(db);
     return 0;
 }
