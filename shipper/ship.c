@@ -680,7 +680,18 @@ static int apply_record(shipper *sh, const spool_rec *r, wserr *err) {
         return 0;
     case SPOOL_REC_WAL_BEGIN: {
         if (!ss->cur_known) return 0;
-        if (same_wal(ss, r->salt1, r->salt2) && !(ss->cur.flags & WS_WALPOS_ENDED)) return 0;
+        if (same_wal(ss, r->salt1, r->salt2) && !(ss->cur.flags & WS_WALPOS_ENDED)) {
+            /* The same WAL's header written again: its writer died before
+            ** committing anything, and the next one wrote the header anew.
+            ** SQLite puts the writing connection's checkpoint count in it,
+            ** so its checksum, the seed of every frame checksum, may differ:
+            ** with nothing of the WAL consumed yet, the last header counts. */
+            wal_hdr h;
+            if (ss->cur.frame == 0 && ss->pending_mx == 0 && !ss->tx_open &&
+                r->page_size == ss->page_size && wal_hdr_parse(r->wal_hdr, &h) == 0)
+                ship_start_wal(ss, &h);
+            return 0;
+        }
         /* A WAL that never committed anything (its begin was recorded by a
         ** writer that died before writing it) ends without a trace; the WAL
         ** before it stays the one to go back to. */

@@ -16,6 +16,12 @@
 **                       saved: an orphan, never uploaded
 **   snap_queued         a periodic snapshot queued, the state not saved
 **   uploaded            an object stored, not yet removed from the queue
+**   wal_header          (its own case) a restart's new WAL header written,
+**                       nothing committed; another process's long-lived
+**                       connection, which has restarted the WAL more often
+**                       and so writes a different header for the same salts,
+**                       commits next: its frames chain from its header, and
+**                       the history goes on (found by the soak)
 **
 ** For each point a writer (this program again) commits, checkpoints and
 ** reopens until the point kills it; then another walship process opens the
@@ -69,6 +75,13 @@ static int writer_main(char **argv) {
         }
         if (n % 10 == 0) ws_sleep_ms(20); /* pacing: segments get durability points */
     }
+}
+
+/* onewrite PATH URL: commits one row (its kill point stops it first). */
+static int onewrite_main(char **argv) {
+    sqlite3 *db = db_open_walship(argv[2], argv[3], OPTS);
+    db_exec(db, "INSERT INTO t(seq, pad) SELECT coalesce(max(seq), 0) + 1, randomblob(10) FROM t");
+    return 3; /* not killed */
 }
 
 static FILE *resume_log;
@@ -163,8 +176,53 @@ static void run_point(const char *point, int nth, const char *expect_event) {
             expect_event ? ", recovered: " : "", expect_event ? expect_event : "");
 }
 
+static void insert_rows(sqlite3 *db, int n) {
+    for (int i = 0; i < n; i++)
+        db_exec(db, "INSERT INTO t(seq, pad) SELECT coalesce(max(seq), 0) + 1, randomblob(300) FROM t");
+}
+
+static void run_rewritten_header(void) {
+    char dir[3000], path[3100], url[3200], out[3200];
+    snprintf(dir, sizeof dir, "%.2900s/wal_header", ws_test_tmpdir());
+    CHECK_EQ(ws_test_system("mkdir -p '%s'", dir), 0);
+    snprintf(path, sizeof path, "%s/app.db", dir);
+    snprintf(url, sizeof url, "file://%s/store", dir);
+    snprintf(out, sizeof out, "%s/restored.db", dir);
+    sqlite3 *db = db_open_plain(path, 0);
+    db_exec(db, "PRAGMA journal_mode=WAL; CREATE TABLE t(seq INTEGER PRIMARY KEY, pad BLOB);");
+    sqlite3_close(db);
+    /* A long-lived connection that restarts the WAL three times (its
+    ** checkpoint count, in every header it writes, becomes 3)... */
+    db = db_open_walship(path, url, "walship_ship_interval=0");
+    db_exec(db, "PRAGMA wal_autocheckpoint=0");
+    for (int i = 0; i < 4; i++) {
+        insert_rows(db, 5);
+        CHECK_EQ(walship_flush(path, 60000), 1);
+        CHECK_EQ(sqlite3_wal_checkpoint_v2(db, "main", SQLITE_CHECKPOINT_PASSIVE, NULL, NULL),
+                 SQLITE_OK);
+    }
+    /* ...then another process restarts it (count 1), writes the new header
+    ** and dies before its commit. */
+    setenv("WALSHIP_KILL_AT", "wal_header:1", 1);
+    const char *args[] = {"onewrite", path, url, NULL};
+    pid_t pid = child_spawn(args);
+    unsetenv("WALSHIP_KILL_AT");
+    CHECK_EQ(child_wait(pid), 128 + SIGKILL);
+    /* The long-lived connection commits into that WAL with its own header. */
+    insert_rows(db, 10);
+    if (!db_flush_or_say(path, db, 60000, "wal_header"))
+        ws_test_fail(__FILE__, __LINE__, "wal_header: the history did not go on");
+    db_check_latest_restore(path, url, out, 30, "kill point wal_header");
+    size_t gens = db_generation_count(url);
+    if (gens != 1) ws_test_fail(__FILE__, __LINE__, "wal_header: %zu generations, expected 1", gens);
+    sqlite3_close(db);
+    fprintf(stderr, "   %-16s a header rewritten by another connection: one generation\n",
+            "wal_header");
+}
+
 int main(int argc, char **argv) {
     if (argc > 1) child_die_with_parent();
+    if (argc > 1 && strcmp(argv[1], "onewrite") == 0) return onewrite_main(argv);
     if (argc > 1 && strcmp(argv[1], "writer") == 0) return writer_main(argv);
     if (argc > 1 && strcmp(argv[1], "resume") == 0) return resume_main(argv);
     ws_test_seed(20261203);
@@ -182,6 +240,10 @@ int main(int argc, char **argv) {
         /* A database has one generation start: kill at the first. */
         int nth = strcmp(points[i].point, "genstart_queued") == 0 ? 1 : 1 + (int)ws_test_rand_below(3);
         run_point(points[i].point, nth, points[i].event);
+    }
+    if (!only || strcmp(only, "wal_header") == 0) {
+        db_register();
+        run_rewritten_header();
     }
     return 0;
 }

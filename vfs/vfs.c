@@ -400,6 +400,9 @@ static int wsWrite(sqlite3_file *pFile, const void *p, int n, sqlite3_int64 off)
     if (f->kind == KIND_WAL && off == 0 && n >= WAL_HDR_SIZE && f->db && f->db->sh) {
         int rc = on_wal_header(f, p);
         if (rc != SQLITE_OK) return rc;
+        rc = REAL(f)->pMethods->xWrite(REAL(f), p, n, off);
+        if (rc == SQLITE_OK) ws_kill_point("wal_header"); /* written, nothing committed */
+        return rc;
     }
     return REAL(f)->pMethods->xWrite(REAL(f), p, n, off);
 }
