@@ -5,7 +5,7 @@
 ** USAGE
 **   bench_replica [--bin PATH/walship] [--rate TX_PER_S] [--seconds S]
 **                 [--poll-ms MS] [--backlog TX] [--dir DIR]
-**                 [--lag-only | --apply-only]
+**                 [--lag-only | --apply-only] [--readers N] [--kv]
 **   (defaults: walship beside this program's build tree, 100 tx/s, 15 s,
 **   poll 50 ms, 4000-transaction backlog, a mktemp directory under /tmp)
 **
@@ -24,6 +24,11 @@
 ** resumed until it has applied the last transaction, pages applied per
 ** second is measured -- without readers, with 3 readers looping on it, and
 ** without the WAL fsync (--no-sync) to show what syncing costs.
+** --readers N measures only the run with N readers and the fsync on.
+**
+** --kv (for bench/run): each result is one line of key=value pairs,
+**   result=apply readers=N sync=on|off pages=.. txs=.. secs=..
+**   pages_per_s=.. txs_per_s=.. reader_busy=0|1
 */
 #include <errno.h>
 #include <fcntl.h>
@@ -45,6 +50,7 @@
 #include "walship.h"
 
 static char dir[512], url[600], pdb[600], rdb[600], bin[1024];
+static int kv_output;
 
 static int64_t mono_us(void) {
     struct timespec ts;
@@ -466,6 +472,14 @@ static void measure_throughput(int backlog, int nreaders, int no_sync) {
     kill(rep, SIGTERM);
     wait_pid(rep);
     double s = (double)(t1 - t0) / 1e6;
+    if (kv_output) {
+        printf("result=apply readers=%d sync=%s pages=%" PRIu64 " txs=%" PRIu64
+               " secs=%.3f pages_per_s=%.0f txs_per_s=%.0f reader_busy=%d\n",
+               nreaders, no_sync ? "off" : "on", pages, txs, s, (double)pages / s,
+               (double)txs / s, busy);
+        fflush(stdout);
+        return;
+    }
     printf("apply backlog=%d tx  readers=%d  sync=%s  %" PRIu64 " pages, %" PRIu64
            " tx in %.2f s  =>  %.0f pages/s, %.0f tx/s%s\n",
            backlog, nreaders, no_sync ? "off" : "on", pages, txs, s, (double)pages / s,
@@ -492,7 +506,7 @@ int main(int argc, char **argv) {
     double rate = 100;
     int secs = 15, backlog = 4000;
     const char *poll = "50";
-    int do_lag = 1, do_apply = 1;
+    int do_lag = 1, do_apply = 1, only_readers = -1;
     bin[0] = '\0';
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--bin") == 0 && i + 1 < argc) snprintf(bin, sizeof bin, "%s", argv[++i]);
@@ -503,9 +517,12 @@ int main(int argc, char **argv) {
         else if (strcmp(argv[i], "--dir") == 0 && i + 1 < argc) snprintf(dir, sizeof dir, "%s", argv[++i]);
         else if (strcmp(argv[i], "--lag-only") == 0) do_apply = 0;
         else if (strcmp(argv[i], "--apply-only") == 0) do_lag = 0;
+        else if (strcmp(argv[i], "--readers") == 0 && i + 1 < argc) only_readers = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--kv") == 0) kv_output = 1;
         else die("usage: bench_replica [--bin walship] [--rate N] [--seconds S] [--poll-ms MS] "
-                 "[--backlog TX] [--dir DIR] [--lag-only | --apply-only]");
+                 "[--backlog TX] [--dir DIR] [--lag-only | --apply-only] [--readers N] [--kv]");
     }
+    if (only_readers > 8) die("--readers: at most 8");
     if (bin[0] == '\0') {
         /* <build>/bench/bench_replica -> <build>/walship */
         char self[900];
@@ -525,7 +542,7 @@ int main(int argc, char **argv) {
     snprintf(url, sizeof url, "file://%s/store", dir);
     snprintf(pdb, sizeof pdb, "%s/primary.db", dir);
     snprintf(rdb, sizeof rdb, "%s/replica.db", dir);
-    printf("bench_replica: dir=%s walship=%s\n", dir, bin);
+    if (!kv_output) printf("bench_replica: dir=%s walship=%s\n", dir, bin);
     char seedf[700];
     snprintf(seedf, sizeof seedf, "%s/seed.done", dir);
     if (wait_pid(spawn_self("seed", seedf, NULL, NULL)) != 0) die("seed failed");
@@ -538,11 +555,13 @@ int main(int argc, char **argv) {
         measure_lag(rate, secs, poll);
         if (strcmp(poll, "200") != 0) measure_lag(rate, secs, "200");
     }
-    if (do_apply) {
+    if (do_apply && only_readers >= 0) {
+        measure_throughput(backlog, only_readers, 0);
+    } else if (do_apply) {
         measure_throughput(backlog, 0, 0);
         measure_throughput(backlog, 3, 0);
         measure_throughput(backlog, 0, 1);
     }
-    printf("bench_replica: done (remove %s when finished)\n", dir);
+    if (!kv_output) printf("bench_replica: done (remove %s when finished)\n", dir);
     return 0;
 }
