@@ -47,7 +47,7 @@
 #include "walship.h"
 
 #define HOT_ROWS 3000
-#define WRITE_MIN 20000
+#define WRITE_MIN 40000
 #define WRITE_MAX 400000
 #define CHECK_EVERY 1000 /* transactions between looks at the store */
 #define MAX_CHECKED_SNAPS 8
