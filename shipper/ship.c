@@ -296,7 +296,8 @@ static int consume_frame(shipper *sh, const uint8_t *frame, uint32_t index, wser
             return wserr_set(err, WALSHIP_ERR_NOMEM, "out of memory for page hashes");
         if ((rc = seg_writer_page(ss->segw, fh.pgno, page, err))) return rc;
     }
-    if (ss->snap && (rc = snapjob_feed(ss->snap, fh.pgno, page, fh.commit_size)))
+    if (ss->snap && (rc = snapjob_feed(ss->snap, ss->cur.salt1, ss->cur.salt2, fh.pgno, page,
+                                       fh.commit_size)))
         return wserr_set(err, rc, "snapshot overlay write failed");
     ss->tx_npages++;
     ss->cur.frame = index;

@@ -158,8 +158,11 @@ int snapjob_start(shipper *sh, int genstart, wserr *err);
 /* Advances the job by a bounded amount of work. Returns 0, or an error (the
 ** job is then abandoned). */
 int snapjob_step(shipper *sh, wserr *err);
-/* Consumption feeds every frame it consumes while a job is active. */
-int snapjob_feed(snapjob *j, uint32_t pgno, const uint8_t *page, uint32_t commit_size);
+/* Consumption feeds every frame it consumes while a job is active: the
+** frame of WAL (salt1, salt2) writing page pgno, commit_size as in its
+** header. Returns 0 or a walship error code. */
+int snapjob_feed(snapjob *j, uint32_t salt1, uint32_t salt2, uint32_t pgno, const uint8_t *page,
+                 uint32_t commit_size);
 int snapjob_active(const snapjob *j);
 int snapjob_is_genstart(const snapjob *j);
 void snapjob_free(snapjob *j);

@@ -18,7 +18,23 @@
 ** into the file during the copy is at or before E, and in the overlay.
 **
 ** The overlay starts with frames 1..mx of the WAL that is current when the
-** job starts; after that, ship.c feeds it every frame it consumes.
+** job starts; after that, ship.c feeds it every frame it consumes. It keeps
+** one slot per page, overwritten in place (only the latest version counts),
+** so it never holds more than the pages written, whatever the write rate.
+** A page the overlay already has when the copy reaches it goes into the base
+** as zeros: the image takes it from the overlay anyway.
+**
+** Bounded work under any write rate:
+**   - the size to copy is taken once consumption is placed: pages a
+**     checkpoint of an earlier WAL added are in it, later growth comes from
+**     frames the overlay has, so the copy never chases a growing file;
+**   - E is fixed when the copy ends (the spool's end and the shared header's
+**     commit point), so reaching it takes working off what was recorded
+**     before it, never what is written after. A busy database restarts its
+**     WAL every few hundred frames, so consumption may pass through E's WAL
+**     within one step: the feed notes every frame of E's WAL it sees.
+** Each step copies at most 8 MiB after consumption had its turn, so neither
+** starves the other.
 **
 ** Two kinds:
 **   generation start   the shipper has no valid history (first use, or
@@ -55,8 +71,8 @@
 
 enum { J_COPY = 1, J_FINISH = 2 };
 
-/* pgno -> offset of its latest copy in the overlay file. Open addressing,
-** grows at 50% load. */
+/* pgno -> offset of the page's one slot in the overlay file (a page written
+** again is overwritten in place). Open addressing, grows at 50% load. */
 typedef struct pagemap {
     uint32_t *keys; /* 0 = empty */
     uint64_t *vals;
@@ -79,6 +95,17 @@ static int pm_grow(pagemap *m) {
     free(m->vals);
     *m = nm;
     return 0;
+}
+
+/* The value of key k, or NULL if the map does not have it. */
+static uint64_t *pm_find(const pagemap *m, uint32_t k) {
+    if (m->cap == 0) return NULL;
+    uint32_t i = (k * 2654435761u) & (m->cap - 1);
+    while (m->keys[i]) {
+        if (m->keys[i] == k) return &m->vals[i];
+        i = (i + 1) & (m->cap - 1);
+    }
+    return NULL;
 }
 
 static int pm_put(pagemap *m, uint32_t k, uint64_t v) {
@@ -110,11 +137,14 @@ struct snapjob {
     uint32_t hdr_db_pages; /* database size from page 1's header, 0 if unknown */
     uint8_t *buf;
     size_t bufcap;
-    int64_t finish_since;
+    int64_t start_ms;      /* when the job started (for the log) */
+    int64_t copied_ms;     /* when the copy ended */
+    int64_t progress_ms;   /* J_FINISH: when consumption last moved towards */
+    spool_pos progress_pos; /* ... target_log, and where it stood then */
     int64_t ahead_since;   /* when the catch-up target was taken */
     int target_set;        /* the commit point to reach before finishing */
     spool_pos target_log;  /* ... and the spool position */
-    int target_wal_seen;
+    int target_wal_seen;   /* a frame of the target's WAL was consumed */
     uint32_t target_salt1, target_salt2, target_mx;
 };
 
@@ -146,11 +176,22 @@ static void abandon(shipper *sh, snapjob *j) {
     if (spool_tmp(sh, "overlay.tmp", p, sizeof p) == 0) unlink(p);
 }
 
-int snapjob_feed(snapjob *j, uint32_t pgno, const uint8_t *page, uint32_t commit_size) {
-    if (ws_pwrite_all(j->ov_fd, page, j->pgsz, (off_t)j->ov_len) != 0)
-        return wserr_from_errno(errno);
-    if (pm_put(&j->map, pgno, j->ov_len) != 0) return WALSHIP_ERR_NOMEM;
-    j->ov_len += j->pgsz;
+int snapjob_feed(snapjob *j, uint32_t salt1, uint32_t salt2, uint32_t pgno, const uint8_t *page,
+                 uint32_t commit_size) {
+    /* Only a page's latest version counts: one slot per page, so the
+    ** overlay never outgrows the pages written, whatever the write rate. */
+    uint64_t *slot = pm_find(&j->map, pgno);
+    uint64_t off = slot ? *slot : j->ov_len;
+    if (ws_pwrite_all(j->ov_fd, page, j->pgsz, (off_t)off) != 0) return wserr_from_errno(errno);
+    if (slot == NULL) {
+        if (pm_put(&j->map, pgno, off) != 0) return WALSHIP_ERR_NOMEM;
+        j->ov_len += j->pgsz;
+    }
+    /* Consumption may pass through the target's WAL inside one step (a busy
+    ** database restarts its WAL every few hundred frames): noted here,
+    ** where every consumed frame passes. */
+    if (j->target_set && salt1 == j->target_salt1 && salt2 == j->target_salt2)
+        j->target_wal_seen = 1;
     if (commit_size) {
         j->last_commit_size = commit_size;
         j->have_commit = 1;
@@ -214,8 +255,8 @@ static int overlay_from_wal(shipper *sh, snapjob *j, uint32_t upto, wserr *err) 
             rc = wserr_set(err, WALSHIP_ERR_BUSY, "WAL moved on during snapshot start");
             goto out;
         }
-        if ((rc = snapjob_feed(j, ws_get_be32(j->buf), j->buf + WAL_FRAME_HDR_SIZE,
-                               ws_get_be32(j->buf + 4))))
+        if ((rc = snapjob_feed(j, h.salt1, h.salt2, ws_get_be32(j->buf),
+                               j->buf + WAL_FRAME_HDR_SIZE, ws_get_be32(j->buf + 4))))
             goto out;
     }
     /* The chain must end where consumption stands, or this was another WAL. */
@@ -307,6 +348,8 @@ static int place_genstart(shipper *sh, snapjob *j, int *retry, wserr *err) {
     return 0;
 }
 
+static int take_file_size(snapjob *j, wserr *err);
+
 int snapjob_start(shipper *sh, int genstart, wserr *err) {
     ship_state *ss = &sh->ss;
     snapjob *j = calloc(1, sizeof *j);
@@ -397,13 +440,24 @@ int snapjob_start(shipper *sh, int genstart, wserr *err) {
             return rc;
         }
     }
+    /* What to copy: the file as it is now that consumption is placed. */
+    if ((rc = take_file_size(j, err))) {
+        ss->snap = NULL;
+        if (genstart) ss->cur_known = 0;
+        abandon(sh, j);
+        return rc;
+    }
     j->phase = J_COPY;
+    j->start_ms = ws_mono_ms();
     WS_INFO("snapshot_start", "db=%s generation=%016" PRIx64 " kind=%s pages=%u", sh->db_path,
             j->gen, genstart ? "generation-start" : "periodic", j->file_pages);
     return 0;
 }
 
-/* Copies the next run of database pages into base chunks. */
+/* Copies the next run of database pages into base chunks. A page the
+** overlay already has is taken from the overlay in the image, whatever the
+** file holds: it goes into the base as zeros (which compress to nothing), so
+** the snapshot does not carry it twice. */
 static int copy_some(snapjob *j, wserr *err) {
     uint32_t per_chunk = SNAP_CHUNK_BYTES / j->pgsz;
     uint64_t budget = COPY_BYTES_PER_STEP;
@@ -416,9 +470,11 @@ static int copy_some(snapjob *j, wserr *err) {
                                          (sqlite3_int64)(j->next_pgno - 1) * j->pgsz);
         if (rc != SQLITE_OK && rc != SQLITE_IOERR_SHORT_READ)
             return wserr_set(err, WALSHIP_ERR_IO, "read database file for snapshot (error %d)", rc);
-        for (uint32_t i = 0; i < n; i++)
-            j->base_hash[j->next_pgno - 1 + i] =
-                ws_page_hash(j->next_pgno + i, j->buf + (size_t)i * j->pgsz, j->pgsz);
+        for (uint32_t i = 0; i < n; i++) {
+            uint8_t *page = j->buf + (size_t)i * j->pgsz;
+            if (pm_find(&j->map, j->next_pgno + i)) memset(page, 0, j->pgsz);
+            j->base_hash[j->next_pgno - 1 + i] = ws_page_hash(j->next_pgno + i, page, j->pgsz);
+        }
         rc = snap_writer_base(j->w, j->next_pgno, n, j->buf, err);
         if (rc) return rc;
         j->next_pgno += n;
@@ -427,12 +483,15 @@ static int copy_some(snapjob *j, wserr *err) {
     return 0;
 }
 
-/* The file may have grown since its size was taken (at the job's start,
-** before consumption was placed): a checkpoint of a WAL that ended before
-** the job's WAL copied pages past the old end. No frame the overlay will see
-** writes them (or the overlay has them), so their value in the file is
-** final: copy them too, until the size stops growing. */
-static int grow_copy(snapjob *j, wserr *err) {
+/* Takes the size to copy once consumption is placed (the overlay has every
+** frame of the WAL in the file from here on). The file may have grown since
+** the job opened it: a checkpoint of an earlier WAL, which finished before
+** the WAL in the file began, copied pages past the old end; no frame the
+** overlay will see writes them, so their value in the file is final. Growth
+** after this comes from frames the overlay has, so the copy never chases a
+** file that a busy database keeps growing: its work is bounded by the size
+** taken here. */
+static int take_file_size(snapjob *j, wserr *err) {
     sqlite3_int64 fsize = 0;
     if (j->dbf->pMethods->xFileSize(j->dbf, &fsize) != SQLITE_OK)
         return wserr_set(err, WALSHIP_ERR_IO, "size of the database file for snapshot");
@@ -446,20 +505,34 @@ static int grow_copy(snapjob *j, wserr *err) {
     return 0;
 }
 
-static int cmp_u32(const void *a, const void *b) {
-    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
-    return x < y ? -1 : x > y;
+/* One overlay slot: where a page's latest version is in overlay.tmp. */
+typedef struct ov_slot {
+    uint64_t off;
+    uint32_t pgno;
+} ov_slot;
+
+static int cmp_slot_off_desc(const void *a, const void *b) {
+    uint64_t x = ((const ov_slot *)a)->off, y = ((const ov_slot *)b)->off;
+    return x < y ? 1 : x > y ? -1 : 0;
 }
 
+/* overlay.tmp is cut back by this much at a time while its pages move into
+** the snapshot. */
+#define OVERLAY_SHRINK_BYTES ((uint64_t)1 << 20)
+
 /* Writes the overlay, computes the image's page hashes and checksum, and
-** finishes the object. hashes_out receives a malloc'd array of db_pages. */
+** finishes the object. hashes_out receives a malloc'd array of db_pages.
+** The overlay's pages move into the snapshot from the end of overlay.tmp
+** backwards, and the file is cut short behind them, so the two files
+** together never hold much more than the base plus the overlay once (the
+** snapshot's overlay records are in no particular order; each page once). */
 static int finalize_image(snapjob *j, uint32_t db_pages, uint64_t txid, int64_t commit_ms,
                           const ws_walpos *resume, uint64_t **hashes_out, uint64_t *chk_out,
                           wserr *err) {
     uint64_t *h = calloc(db_pages ? db_pages : 1, sizeof *h);
-    uint32_t *pages = malloc((j->map.n ? j->map.n : 1) * sizeof *pages);
+    ov_slot *slots = malloc((j->map.n ? j->map.n : 1) * sizeof *slots);
     int rc = 0;
-    if (h == NULL || pages == NULL || ensure_buf(j, j->pgsz)) {
+    if (h == NULL || slots == NULL || ensure_buf(j, j->pgsz)) {
         rc = wserr_set(err, WALSHIP_ERR_NOMEM, "out of memory");
         goto out;
     }
@@ -467,18 +540,27 @@ static int finalize_image(snapjob *j, uint32_t db_pages, uint64_t txid, int64_t 
         h[p - 1] = p <= j->file_pages ? j->base_hash[p - 1] : ws_zero_page_hash(p, j->pgsz);
     uint32_t n = 0;
     for (uint32_t i = 0; i < j->map.cap; i++)
-        if (j->map.keys[i] && j->map.keys[i] <= db_pages) pages[n++] = j->map.keys[i];
-    qsort(pages, n, sizeof *pages, cmp_u32);
+        if (j->map.keys[i]) slots[n++] = (ov_slot){j->map.vals[i], j->map.keys[i]};
+    qsort(slots, n, sizeof *slots, cmp_slot_off_desc);
+    uint64_t kept = j->ov_len; /* overlay.tmp's length */
     for (uint32_t i = 0; i < n; i++) {
-        uint32_t k = pages[i];
-        uint32_t slot = (k * 2654435761u) & (j->map.cap - 1);
-        while (j->map.keys[slot] != k) slot = (slot + 1) & (j->map.cap - 1);
-        if (ws_pread_full(j->ov_fd, j->buf, j->pgsz, (off_t)j->map.vals[slot]) != (ssize_t)j->pgsz) {
-            rc = wserr_errno(err, WALSHIP_ERR_IO, errno, "read snapshot overlay");
-            goto out;
+        uint32_t k = slots[i].pgno;
+        if (k <= db_pages) {
+            if (ws_pread_full(j->ov_fd, j->buf, j->pgsz, (off_t)slots[i].off) !=
+                (ssize_t)j->pgsz) {
+                rc = wserr_errno(err, WALSHIP_ERR_IO, errno, "read snapshot overlay");
+                goto out;
+            }
+            h[k - 1] = ws_page_hash(k, j->buf, j->pgsz);
+            if ((rc = snap_writer_overlay(j->w, k, j->buf, err))) goto out;
         }
-        h[k - 1] = ws_page_hash(k, j->buf, j->pgsz);
-        if ((rc = snap_writer_overlay(j->w, k, j->buf, err))) goto out;
+        if (kept - slots[i].off >= OVERLAY_SHRINK_BYTES) {
+            if (ftruncate(j->ov_fd, (off_t)slots[i].off) != 0) {
+                rc = wserr_errno(err, wserr_from_errno(errno), errno, "shorten snapshot overlay");
+                goto out;
+            }
+            kept = slots[i].off;
+        }
     }
     uint64_t chk = 0;
     for (uint32_t p = 0; p < db_pages; p++) chk ^= h[p];
@@ -492,7 +574,7 @@ static int finalize_image(snapjob *j, uint32_t db_pages, uint64_t txid, int64_t 
     *chk_out = chk;
 out:
     free(h);
-    free(pages);
+    free(slots);
     return rc;
 }
 
@@ -518,6 +600,13 @@ static int caught_up(shipper *sh, wserr *err, int *done) {
         }
         j->target_set = 1;
         j->ahead_since = ws_mono_ms();
+        /* Consumption may be in the target's WAL already, or have left it:
+        ** a writer records the next WAL's begin just before the shared
+        ** memory shows that WAL. From here on, snapjob_feed notes it. */
+        if ((ss->cur.salt1 == j->target_salt1 && ss->cur.salt2 == j->target_salt2) ||
+            (ss->have_prev && ss->prev.salt1 == j->target_salt1 &&
+             ss->prev.salt2 == j->target_salt2))
+            j->target_wal_seen = 1;
     }
     if (ss->tx_open) return 0;
     if (spool_pos_cmp((spool_pos){ss->cur.log_seq, ss->cur.log_off}, j->target_log) < 0)
@@ -564,19 +653,26 @@ int snapjob_step(shipper *sh, wserr *err) {
     if (j->phase == J_COPY) {
         rc = copy_some(j, err);
         if (rc) goto fail;
-        if (j->next_pgno > j->file_pages && (rc = grow_copy(j, err))) goto fail;
-        if (j->next_pgno > j->file_pages) {
-            j->phase = J_FINISH;
-            j->finish_since = ws_mono_ms();
-        } else {
-            return 0;
-        }
+        if (j->next_pgno <= j->file_pages) return 0;
+        j->phase = J_FINISH;
+        j->copied_ms = j->progress_ms = ws_mono_ms();
+        j->progress_pos = (spool_pos){ss->cur.log_seq, ss->cur.log_off};
     }
     int done = 0;
     rc = caught_up(sh, err, &done);
     if (rc) goto fail;
     if (!done) {
-        if (ws_mono_ms() - j->finish_since > FINISH_WAIT_MS) {
+        /* The target is fixed, so consumption reaches it by working off
+        ** what was recorded before it, however long a backlog takes; the
+        ** clock runs only while consumption stands still short of it, or
+        ** once it is past the target's records. */
+        spool_pos at = {ss->cur.log_seq, ss->cur.log_off};
+        if (spool_pos_cmp(j->progress_pos, j->target_log) < 0 &&
+            spool_pos_cmp(at, j->progress_pos) != 0) {
+            j->progress_pos = at;
+            j->progress_ms = ws_mono_ms();
+        }
+        if (ws_mono_ms() - j->progress_ms > FINISH_WAIT_MS) {
             rc = wserr_set(err, WALSHIP_ERR_TIMEOUT,
                            "snapshot could not catch up with the WAL (is a writer bypassing "
                            "walship?)");
@@ -666,8 +762,11 @@ int snapjob_step(shipper *sh, wserr *err) {
     ss->rec.last_snapshot_ms = ws_now_ms();
     ss->rec.bytes_since_snapshot = 0;
     ss->snap = NULL;
-    WS_INFO("snapshot_done", "db=%s generation=%016" PRIx64 " txid=%" PRIu64 " pages=%u bytes=%" PRIu64,
-            sh->db_path, j->gen, txid, db_pages, q.bytes);
+    WS_INFO("snapshot_done",
+            "db=%s generation=%016" PRIx64 " txid=%" PRIu64 " pages=%u bytes=%" PRIu64
+            " overlay_pages=%u copy_ms=%" PRId64 " catch_up_ms=%" PRId64,
+            sh->db_path, j->gen, txid, db_pages, q.bytes, j->map.n, j->copied_ms - j->start_ms,
+            ws_mono_ms() - j->copied_ms);
     abandon(sh, j);
     /* Persist: the state now describes the snapshot's position. */
     return ship_save_state(sh, err);
