@@ -72,7 +72,8 @@ static void scan_store(built *b) {
     int ngen = 0;
     while ((e = readdir(d)) != NULL)
         if (strlen(e->d_name) == 16) {
-            snprintf(b->gen, sizeof b->gen, "%s", e->d_name);
+            memcpy(b->gen, e->d_name, 16);
+            b->gen[16] = '\0';
             ngen++;
         }
     closedir(d);

@@ -107,17 +107,29 @@ static int resume_main(char **argv) {
 }
 
 
-static void run_point(const char *point, int nth, const char *expect_event) {
-    char dir[3000], path[3100], url[3200], out[3200], logp[3200], kill_at[96], fdarg[16];
-    snprintf(dir, sizeof dir, "%.2900s/%s", ws_test_tmpdir(), point);
-    CHECK_EQ(ws_test_system("mkdir -p '%s'", dir), 0);
-    snprintf(path, sizeof path, "%s/app.db", dir);
-    snprintf(url, sizeof url, "file://%s/store", dir);
-    snprintf(out, sizeof out, "%s/restored.db", dir);
-    snprintf(logp, sizeof logp, "%s/resume.log", dir);
-    sqlite3 *db = db_open_plain(path, 0);
+/* A case's directory <tmp>/name with a new database app.db (table t), its
+** store and the restore's output path. */
+typedef struct kcase {
+    char dir[3000], path[3100], url[3200], out[3200];
+} kcase;
+
+static void kcase_setup(kcase *k, const char *name) {
+    snprintf(k->dir, sizeof k->dir, "%.2900s/%s", ws_test_tmpdir(), name);
+    CHECK_EQ(ws_test_system("mkdir -p '%s'", k->dir), 0);
+    snprintf(k->path, sizeof k->path, "%s/app.db", k->dir);
+    snprintf(k->url, sizeof k->url, "file://%s/store", k->dir);
+    snprintf(k->out, sizeof k->out, "%s/restored.db", k->dir);
+    sqlite3 *db = db_open_plain(k->path, 0);
     db_exec(db, "PRAGMA journal_mode=WAL; CREATE TABLE t(seq INTEGER PRIMARY KEY, pad BLOB);");
     sqlite3_close(db);
+}
+
+static void run_point(const char *point, int nth, const char *expect_event) {
+    static kcase k;
+    char logp[3200], kill_at[96], fdarg[16];
+    kcase_setup(&k, point);
+    const char *path = k.path, *url = k.url, *out = k.out;
+    snprintf(logp, sizeof logp, "%s/resume.log", k.dir);
 
     int p[2];
     CHECK_EQ(pipe2(p, O_CLOEXEC), 0);
@@ -182,18 +194,12 @@ static void insert_rows(sqlite3 *db, int n) {
 }
 
 static void run_rewritten_header(void) {
-    char dir[3000], path[3100], url[3200], out[3200];
-    snprintf(dir, sizeof dir, "%.2900s/wal_header", ws_test_tmpdir());
-    CHECK_EQ(ws_test_system("mkdir -p '%s'", dir), 0);
-    snprintf(path, sizeof path, "%s/app.db", dir);
-    snprintf(url, sizeof url, "file://%s/store", dir);
-    snprintf(out, sizeof out, "%s/restored.db", dir);
-    sqlite3 *db = db_open_plain(path, 0);
-    db_exec(db, "PRAGMA journal_mode=WAL; CREATE TABLE t(seq INTEGER PRIMARY KEY, pad BLOB);");
-    sqlite3_close(db);
+    static kcase k;
+    kcase_setup(&k, "wal_header");
+    const char *path = k.path, *url = k.url, *out = k.out;
     /* A long-lived connection that restarts the WAL three times (its
     ** checkpoint count, in every header it writes, becomes 3)... */
-    db = db_open_walship(path, url, "walship_ship_interval=0");
+    sqlite3 *db = db_open_walship(path, url, "walship_ship_interval=0");
     db_exec(db, "PRAGMA wal_autocheckpoint=0");
     for (int i = 0; i < 4; i++) {
         insert_rows(db, 5);
