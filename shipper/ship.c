@@ -1030,6 +1030,7 @@ static int upload_queue(shipper *sh, int64_t deadline, wserr *err) {
         if (rc) return rc;
         ws_kill_point("uploaded"); /* uploaded again after a restart: it overwrites itself */
         WS_DEBUG("uploaded", "db=%s key=%s bytes=%" PRIu64, sh->db_path, key, q->bytes);
+        spool_count_upload(sh->sp, q->is_snapshot, q->bytes);
         unlink(path);
         if (q->last_txid > ss->shipped_txid || q->generation != ss->rec.generation)
             ss->shipped_txid = q->last_txid;

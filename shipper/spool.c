@@ -60,6 +60,9 @@ struct ctl_block {
     _Atomic uint32_t st_flags;        /* SPOOL_ST_* (shipper) */
     _Atomic uint32_t dbfile_suspect;  /* bumped when the file is not as walship left it */
     _Atomic uint64_t st_genwhy[SPOOL_ERR_MAX / 8]; /* under ship_lock, like the status */
+    /* what the shipper put into the store (zero in a block made by an older
+    ** build, and after a rebuild) */
+    _Atomic uint64_t up_segments, up_segment_bytes, up_snapshots, up_snapshot_bytes;
 };
 _Static_assert(sizeof(struct ctl_block) <= CTL_SIZE, "ctl block fits its file");
 
@@ -695,6 +698,20 @@ void spool_status_get(spool *sp, spool_status *o) {
 uint32_t spool_flush_request(spool *sp) { return atomic_fetch_add(&sp->ctl->flush_req, 1) + 1; }
 
 uint32_t spool_flush_requests(spool *sp) { return atomic_load(&sp->ctl->flush_req); }
+
+void spool_count_upload(spool *sp, int snapshot, uint64_t bytes) {
+    struct ctl_block *c = sp->ctl;
+    atomic_fetch_add_explicit(snapshot ? &c->up_snapshots : &c->up_segments, 1, RLX);
+    atomic_fetch_add_explicit(snapshot ? &c->up_snapshot_bytes : &c->up_segment_bytes, bytes, RLX);
+}
+
+void spool_uploads_get(spool *sp, spool_uploads *out) {
+    struct ctl_block *c = sp->ctl;
+    out->segments = atomic_load_explicit(&c->up_segments, RLX);
+    out->segment_bytes = atomic_load_explicit(&c->up_segment_bytes, RLX);
+    out->snapshots = atomic_load_explicit(&c->up_snapshots, RLX);
+    out->snapshot_bytes = atomic_load_explicit(&c->up_snapshot_bytes, RLX);
+}
 
 void spool_flush_done_set(spool *sp, uint32_t req) { atomic_store(&sp->ctl->flush_done, req); }
 

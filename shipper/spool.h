@@ -137,6 +137,14 @@ uint32_t spool_flush_requests(spool *sp);
 void spool_flush_done_set(spool *sp, uint32_t req);
 uint32_t spool_flush_done(spool *sp);
 
+/* What the shipper put into the store since the spool's block was last
+** built (its first user opened it): objects and their bytes, by kind. */
+typedef struct spool_uploads {
+    uint64_t segments, segment_bytes, snapshots, snapshot_bytes;
+} spool_uploads;
+void spool_count_upload(spool *sp, int snapshot, uint64_t bytes);
+void spool_uploads_get(spool *sp, spool_uploads *out);
+
 /* Evidence of the database file's state after walship's own last write to
 ** it (a checkpoint, the WAL's delete at close, a WAL's begin): a hash of
 ** its device, inode, size and mtime. A later mismatch means another process

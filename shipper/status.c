@@ -96,14 +96,19 @@ void ws_status_json(spool *sp, const char *db_path, const char *url, const char 
     ** long its current upload takes. */
     int alive = spool_shipper_alive(sp);
     uint32_t flags = spool_flags_get(sp);
+    spool_uploads up;
+    spool_uploads_get(sp, &up);
     snprintf(out, n,
              "{\"db\":\"%s\",\"url\":\"%s\",\"generation\":\"%016" PRIx64 "\",\"txid\":%" PRIu64
              ",\"shipped_txid\":%" PRIu64 ",\"lag_ms\":%" PRId64 ",\"spool_bytes\":%" PRIu64
              ",\"wal_bytes\":%" PRIu64 ",\"queue_bytes\":%" PRIu64
+             ",\"segments_uploaded\":%" PRIu64 ",\"segment_bytes_uploaded\":%" PRIu64
+             ",\"snapshots_uploaded\":%" PRIu64 ",\"snapshot_bytes_uploaded\":%" PRIu64
              ",\"shipper_pid\":%d,\"shipper_alive\":%s,\"discarding\":%s,"
              "\"error_needs_user\":%s,\"generation_reason\":\"%s\",\"last_error\":\"%s\"}",
              edb, eurl, st.generation, st.txid, st.shipped_txid, lag,
-             dir_bytes(spool_path(sp), 0), wal_bytes, st.queue_bytes, (int)st.pid,
+             dir_bytes(spool_path(sp), 0), wal_bytes, st.queue_bytes, up.segments,
+             up.segment_bytes, up.snapshots, up.snapshot_bytes, (int)st.pid,
              alive ? "true" : "false", (flags & SPOOL_ST_DISCARDING) ? "true" : "false",
              (flags & SPOOL_ST_PERMANENT) ? "true" : "false", ewhy, eerr);
 }

@@ -231,6 +231,23 @@ static void test_status(void) {
     CHECK_EQ(db_json_int(js, "lag_ms"), 0); /* everything committed is in the store */
     CHECK(db_json_int(js, "spool_bytes") > 0);
     CHECK_EQ(db_json_int(js, "wal_bytes"), db_file_size(wal));
+    /* What it says it uploaded is what the store holds. */
+    char out[256];
+    int64_t counts[2][2]; /* [segments, snapshots][objects, bytes] */
+    static const char *const kinds[2] = {"seg", "snap"};
+    for (int k = 0; k < 2; k++) {
+        CHECK_EQ(db_capture(out, sizeof out,
+                            "find '%s/status-store/generations' -type f -name '*.%s' -printf '%%s\\n' "
+                            "| awk '{n++; b+=$1} END {print n+0, b+0}'",
+                            dir, kinds[k]),
+                 0);
+        CHECK_EQ(sscanf(out, "%" SCNd64 " %" SCNd64, &counts[k][0], &counts[k][1]), 2);
+    }
+    CHECK(counts[0][0] >= 1 && counts[1][0] >= 1);
+    CHECK_EQ(db_json_int(js, "segments_uploaded"), counts[0][0]);
+    CHECK_EQ(db_json_int(js, "segment_bytes_uploaded"), counts[0][1]);
+    CHECK_EQ(db_json_int(js, "snapshots_uploaded"), counts[1][0]);
+    CHECK_EQ(db_json_int(js, "snapshot_bytes_uploaded"), counts[1][1]);
     CHECK(db_json_int(js, "wal_bytes") > 0);
     free(js);
 
