@@ -9,8 +9,8 @@
 **                     0 = as soon as possible). Durations: 250ms, 5s, 10m, 24h, 7d.
 **   zstd_level        1..19 (default 3)
 **   snapshot_interval a new snapshot after this long (default 1h), or sooner
-**                     once the WAL shipped since the last one exceeds the
-**                     database size
+**                     once the segments stored since the last one add up
+**                     to its size (4 MiB at least)
 **   retention         keep what restores to any point in this window need
 **                     (default 24h)
 **   upload            1 (default): this process may become the shipper; 0: it

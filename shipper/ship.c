@@ -865,6 +865,7 @@ static int close_segment(shipper *sh, wserr *err) {
     ss->seg_fd = -1;
     rc = ship_enqueue(sh, tmp, &q, err);
     if (rc) return rc;
+    ss->rec.seg_bytes_since_snapshot += q.bytes;
     ws_kill_point("seg_queued"); /* start-up must redo it into the page hashes */
     return ship_save_state(sh, err);
 }
@@ -1506,13 +1507,22 @@ static int64_t fail_backoff(shipper *sh, const wserr *err) {
     return ws_mono_ms() + ss->backoff_ms;
 }
 
-/* A periodic snapshot is due after snapshot_interval, or once the pages
-** shipped since the last one add up to the database size (16 MiB at
-** least), so restores never replay much more than a database's worth. */
+/* A periodic snapshot is due after snapshot_interval, or once it pays for
+** itself: when the segments stored since the last one add up to that
+** snapshot's size (4 MiB at least). Bytes uploaded then stay within twice
+** the segments' (a snapshot is only re-sent once as much history has
+** accrued), and a restore downloads at most about two snapshots' worth.
+** Before the size of a snapshot is known (a state from an older build):
+** once the pages shipped add up to the database size, 16 MiB at least. */
 static int snapshot_due(shipper *sh) {
     ship_state *ss = &sh->ss;
     if (ss->gen == 0 || ss->rec.last_snapshot_ms == 0) return 0;
     if (ws_now_ms() - ss->rec.last_snapshot_ms >= sh->cfg.snapshot_interval_ms) return 1;
+    if (ss->rec.last_snapshot_bytes > 0) {
+        uint64_t pay = (uint64_t)4 << 20;
+        if (ss->rec.last_snapshot_bytes > pay) pay = ss->rec.last_snapshot_bytes;
+        return ss->rec.seg_bytes_since_snapshot >= pay;
+    }
     uint64_t db_bytes = (uint64_t)ss->hs.r.db_pages * ss->page_size;
     uint64_t floor = (uint64_t)16 << 20;
     return ss->rec.bytes_since_snapshot >= (db_bytes > floor ? db_bytes : floor);

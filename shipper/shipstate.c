@@ -54,6 +54,8 @@ static void encode_slot(uint8_t *b, uint64_t seq, const ship_record *r) {
     ws_put_be32(b + 228, r->nbegun);
     for (uint32_t i = 0; i < r->nbegun && i < SHIP_BEGUN_MAX; i++)
         ws_walpos_encode(b + 232 + i * WS_WALPOS_SIZE, &r->begun[i]); /* up to 424 */
+    ws_put_be64(b + 424, r->last_snapshot_bytes);
+    ws_put_be64(b + 432, r->seg_bytes_since_snapshot);
     ws_put_be64(b + SLOT_SIZE - 8, ws_hash64(b, SLOT_SIZE - 8));
 }
 
@@ -82,6 +84,8 @@ static int decode_slot(const uint8_t *b, uint64_t *seq, ship_record *r) {
     if (r->nbegun > SHIP_BEGUN_MAX) return -1;
     for (uint32_t i = 0; i < r->nbegun; i++)
         ws_walpos_decode(b + 232 + i * WS_WALPOS_SIZE, &r->begun[i]);
+    r->last_snapshot_bytes = ws_get_be64(b + 424); /* zeros in a slot of an older build */
+    r->seg_bytes_since_snapshot = ws_get_be64(b + 432);
     if (r->db_pages > 0x7fffffffu || (r->generation && !ws_page_size_valid(r->page_size))) return -1;
     return 0;
 }

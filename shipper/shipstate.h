@@ -39,7 +39,9 @@ typedef struct ship_record {
     uint64_t shipped_txid;     /* last transaction known to be in the store */
     uint64_t last_snapshot_txid;
     int64_t last_snapshot_ms;  /* wall clock when it was taken */
-    uint64_t bytes_since_snapshot;
+    uint64_t bytes_since_snapshot;     /* page bytes consumed since the last snapshot */
+    uint64_t last_snapshot_bytes;      /* its object's size (0: unknown, an older state) */
+    uint64_t seg_bytes_since_snapshot; /* segment object bytes closed since then */
     int64_t last_commit_ms;
     spool_dbid end_id;         /* database file when the WAL last ended (delete/truncate) */
     ws_walpos prev;            /* the WAL before the last WAL_BEGIN, while nothing of the new */

@@ -761,6 +761,8 @@ int snapjob_step(shipper *sh, wserr *err) {
     ss->rec.last_snapshot_txid = txid;
     ss->rec.last_snapshot_ms = ws_now_ms();
     ss->rec.bytes_since_snapshot = 0;
+    ss->rec.last_snapshot_bytes = q.bytes;
+    ss->rec.seg_bytes_since_snapshot = 0;
     ss->snap = NULL;
     WS_INFO("snapshot_done",
             "db=%s generation=%016" PRIx64 " txid=%" PRIu64 " pages=%u bytes=%" PRIu64

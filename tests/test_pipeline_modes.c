@@ -19,6 +19,11 @@
 **     spool_bytes, wal_bytes (the WAL's size), last_error (""); after a
 **     flush shipped_txid = txid and lag_ms = 0. SELECT walship_flush(ms)
 **     returns 1, and is unknown on a connection that does not use walship.
+**   - segments_uploaded, segment_bytes_uploaded, snapshots_uploaded and
+**     snapshot_bytes_uploaded equal the store's segment and snapshot files.
+**   - A periodic snapshot comes once the segments since the last one add up
+**     to its size (4 MiB at least), not more often: 12 MiB of
+**     incompressible history over a 1 MiB database gives one or two.
 **   - With nothing shipped (walship_upload=0), lag_ms is exactly how long
 **     the first commit has waited, within the clock readings around it.
 **
@@ -321,6 +326,30 @@ static void test_destination_long_path(void) {
     CHECK_CONTAINS(logbuf, "no destination");
 }
 
+static void test_snapshot_pays(void) {
+    char path[4000], url[4000];
+    mkpath(path, sizeof path, "pays.db");
+    snprintf(url, sizeof url, "file://%s/pays-store", dir);
+    sqlite3 *db = db_open_walship(path, url, "walship_ship_interval=0");
+    db_exec(db, "CREATE TABLE t(v); WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c "
+                "WHERE x < 1000) INSERT INTO t SELECT randomblob(1000) FROM c");
+    CHECK_EQ(walship_flush(path, 60000), 1);
+    for (int i = 0; i < 3000; i++) db_exec(db, "INSERT INTO t VALUES (randomblob(4000))");
+    CHECK_EQ(walship_flush(path, 60000), 1);
+    char *js = db_status_json(db);
+    int64_t segs = db_json_int(js, "segment_bytes_uploaded");
+    int64_t snaps = db_json_int(js, "snapshots_uploaded");
+    fprintf(stderr, "pays: %" PRId64 " segment bytes, %" PRId64 " snapshots (%" PRId64 " bytes)\n",
+            segs, snaps, db_json_int(js, "snapshot_bytes_uploaded"));
+    CHECK(segs > (int64_t)12 << 20);
+    /* The generation's first, then one per 4 MiB of segments at most (the
+    ** database grows past 4 MiB, so fewer). */
+    CHECK(snaps >= 2);
+    CHECK(snaps <= 1 + segs / ((int64_t)4 << 20));
+    free(js);
+    sqlite3_close(db);
+}
+
 int main(void) {
     /* Before anything initialises SQLite: collect its error log. */
     CHECK_EQ(sqlite3_config(SQLITE_CONFIG_LOG, log_cb, NULL), SQLITE_OK);
@@ -328,6 +357,7 @@ int main(void) {
     snprintf(dir, sizeof dir, "%.3700s", ws_test_tmpdir());
     RUN(test_refused_pragmas);
     RUN(test_status);
+    RUN(test_snapshot_pays);
     RUN(test_lag);
     RUN(test_destination);
     RUN(test_rollback_db_switched);
