@@ -85,16 +85,59 @@ static int cmp_seg(const void *a, const void *b) {
     return strcmp(x->key, y->key);
 }
 
-/* Flags an object damaged (once), with a warning. why is copied. */
-static int mark_damaged(catalog *c, int *state, char **whyp, const char *key, const char *why) {
+int catalog_object_gone(store *st, const char *key) {
+    store_objlist l = {0};
+    wserr e = {0};
+    int gone = 0;
+    if (store_list(st, key, NULL, &l, &e) == 0) {
+        gone = 1;
+        for (size_t i = 0; i < l.n; i++)
+            if (strcmp(l.items[i].key, key) == 0) gone = 0;
+    }
+    store_objlist_free(&l);
+    return gone;
+}
+
+/* Flags an object damaged (once), with a warning. why is copied. gone: it
+** was deleted since the listing (routed around like damage, counted apart). */
+static int mark_damaged_as(catalog *c, int *state, int *gonep, char **whyp, const char *key,
+                           const char *why, int gone) {
     if (*state == CAT_DAMAGED) return 0;
     char *w = strdup(why);
     if (w == NULL) return WALSHIP_ERR_NOMEM;
     *state = CAT_DAMAGED;
+    *gonep = gone;
     *whyp = w;
-    c->ndamaged++;
-    WS_WARN("store_object_damaged", "key=\"%s\" why=\"%s\"", key, why);
+    if (gone) {
+        c->ngone++;
+        WS_INFO("store_object_gone", "key=\"%s\" why=\"deleted since the listing\"", key);
+    } else {
+        c->ndamaged++;
+        WS_WARN("store_object_damaged", "key=\"%s\" why=\"%s\"", key, why);
+    }
     return 0;
+}
+
+#define mark_damaged(c, obj, key_, reason_) \
+    mark_damaged_as((c), &(obj)->state, &(obj)->gone, &(obj)->why, (key_), (reason_), 0)
+
+/* An object of the listing that could not be read: gone, or damaged. */
+static int mark_unreadable(catalog *c, store *st, int *state, int *gonep, char **whyp,
+                           const char *key) {
+    int gone = catalog_object_gone(st, key);
+    return mark_damaged_as(c, state, gonep, whyp, key,
+                           gone ? "deleted since the listing"
+                                : "it cannot be read (not a regular file, or unreadable)",
+                           gone);
+}
+
+/* Takes a CAT_DAMAGED object out of the counts (it is dropped). */
+static void uncount(catalog *c, int state, int gone) {
+    if (state != CAT_DAMAGED) return;
+    if (gone)
+        c->ngone--;
+    else
+        c->ndamaged--;
 }
 
 static void warn_ignored(catalog *c, const char *key, const char *why) {
@@ -140,7 +183,7 @@ static int take_key(catalog *c, store_obj *o) {
         s[g->nsnaps] =
             (cat_snap){.txid = k.first, .key = key, .size = o->size, .mtime_ms = o->mtime_ms};
         s = &g->snaps[g->nsnaps++];
-        return why ? mark_damaged(c, &s->state, &s->why, key, why) : 0;
+        return why ? mark_damaged(c, s, key, why) : 0;
     }
     cat_seg *s = realloc(g->segs, (g->nsegs + 1) * sizeof *s);
     if (s == NULL) goto nomem;
@@ -148,7 +191,7 @@ static int take_key(catalog *c, store_obj *o) {
     s[g->nsegs] = (cat_seg){
         .first = k.first, .last = k.last, .key = key, .size = o->size, .mtime_ms = o->mtime_ms};
     s = &g->segs[g->nsegs++];
-    return why ? mark_damaged(c, &s->state, &s->why, key, why) : 0;
+    return why ? mark_damaged(c, s, key, why) : 0;
 nomem:
     if (key != o->key) free(key);
     return WALSHIP_ERR_NOMEM;
@@ -166,7 +209,7 @@ static void dedupe(catalog *c, cat_gen *g) {
                 *keep = *drop;
                 *drop = t;
             }
-            if (drop->state == CAT_DAMAGED) c->ndamaged--;
+            uncount(c, drop->state, drop->gone);
             seg_clear(drop);
             continue;
         }
@@ -182,7 +225,7 @@ static void dedupe(catalog *c, cat_gen *g) {
                 *keep = *drop;
                 *drop = t;
             }
-            if (drop->state == CAT_DAMAGED) c->ndamaged--;
+            uncount(c, drop->state, drop->gone);
             snap_clear(drop);
             continue;
         }
@@ -233,7 +276,7 @@ static int read_footers(store *st, catalog *c, wserr *err) {
                 char why[80];
                 snprintf(why, sizeof why, "it is %" PRIu64 " bytes, too short for a snapshot",
                          s->size);
-                if ((rc = mark_damaged(c, &s->state, &s->why, s->key, why))) goto nomem;
+                if ((rc = mark_damaged(c, s, s->key, why))) goto nomem;
                 continue;
             }
             who[nj] = s;
@@ -250,10 +293,9 @@ static int read_footers(store *st, catalog *c, wserr *err) {
         int frc = fetch_take(f, i, &b, &e);
         if (frc == 0) frc = snap_parse_footer(b.p, b.len, s->size, &s->f, &e);
         if (frc == WALSHIP_ERR_CORRUPT || frc == WALSHIP_ERR_NOTFOUND) {
-            rc = mark_damaged(c, &s->state, &s->why, s->key,
-                              frc == WALSHIP_ERR_NOTFOUND ? "it cannot be read (gone since the "
-                                                            "listing, or not a regular file)"
-                                                          : e.msg);
+            rc = frc == WALSHIP_ERR_NOTFOUND
+                     ? mark_unreadable(c, st, &s->state, &s->gone, &s->why, s->key)
+                     : mark_damaged(c, s, s->key, e.msg);
             if (rc) rc = wserr_set(err, rc, "out of memory");
         } else if (frc) {
             rc = frc;
@@ -361,10 +403,9 @@ static int read_seg_header(store *st, catalog *c, cat_seg *s, seg_header *h, wse
     if (rc == 0) rc = seg_parse_header(b.p, b.len, h, &e);
     wsbuf_free(&b);
     if (rc == WALSHIP_ERR_CORRUPT || rc == WALSHIP_ERR_NOTFOUND) {
-        rc = mark_damaged(c, &s->state, &s->why, s->key,
-                          rc == WALSHIP_ERR_NOTFOUND ? "it cannot be read (gone since the "
-                                                       "listing, or not a regular file)"
-                                                     : e.msg);
+        rc = rc == WALSHIP_ERR_NOTFOUND
+                 ? mark_unreadable(c, st, &s->state, &s->gone, &s->why, s->key)
+                 : mark_damaged(c, s, s->key, e.msg);
         if (rc) return wserr_set(err, rc, "out of memory");
         return WALSHIP_ERR_CORRUPT;
     }
@@ -414,11 +455,11 @@ static int drop_gen(catalog *c, size_t i) {
             g->id, g->db_id, c->owner.db_id, g->nsnaps + g->nsegs);
     c->nignored += g->nsnaps + g->nsegs;
     for (size_t k = 0; k < g->nsnaps; k++) {
-        if (g->snaps[k].state == CAT_DAMAGED) c->ndamaged--;
+        uncount(c, g->snaps[k].state, g->snaps[k].gone);
         snap_clear(&g->snaps[k]);
     }
     for (size_t k = 0; k < g->nsegs; k++) {
-        if (g->segs[k].state == CAT_DAMAGED) c->ndamaged--;
+        uncount(c, g->segs[k].state, g->segs[k].gone);
         seg_clear(&g->segs[k]);
     }
     free(g->snaps);

@@ -48,6 +48,7 @@ typedef struct cat_snap {
     uint64_t size;
     int64_t mtime_ms;
     int state;     /* CAT_OK or CAT_DAMAGED */
+    int gone;      /* CAT_DAMAGED because it was deleted since the listing */
     char *why;     /* CAT_DAMAGED: a phrase, owned; NULL otherwise */
     snap_footer f; /* CAT_OK: its footer */
 } cat_snap;
@@ -58,6 +59,7 @@ typedef struct cat_seg {
     uint64_t size;
     int64_t mtime_ms;
     int state;              /* CAT_* */
+    int gone;               /* CAT_DAMAGED because it was deleted since the listing */
     char *why;              /* CAT_DAMAGED: a phrase, owned; NULL otherwise */
     int64_t last_commit_ms; /* CAT_OK: from its header */
 } cat_seg;
@@ -81,9 +83,15 @@ typedef struct catalog {
     uint64_t *ignored_gens; /* generations dropped as another database's, ascending */
     size_t nignored_gens;
     size_t nignored;      /* objects dropped as not ours (each warned about) */
-    size_t ndamaged;      /* objects flagged CAT_DAMAGED */
+    size_t ndamaged;      /* objects flagged CAT_DAMAGED, not counting ngone */
+    size_t ngone;         /* objects deleted since the listing (retention, say) */
     size_t nlists, ngets; /* store requests catalog_load made (also set when it fails) */
 } catalog;
+
+/* After an object of the listing could not be read (WALSHIP_ERR_NOTFOUND):
+** 1 if a fresh listing no longer has it (deleted meanwhile, by retention
+** say: not damage), 0 if it is still there (not a regular file: damage). */
+int catalog_object_gone(store *st, const char *key);
 
 /* Lists the store, reads the records and headers above, and builds the
 ** catalog. Fails only on store errors (listing, reading a record) and a

@@ -136,7 +136,7 @@
 
 enum { PHASE_INIT, PHASE_BOOTSTRAP, PHASE_RESUME, PHASE_FOLLOW, PHASE_REBOOTSTRAP };
 /* What went wrong with a segment (KIND_NONE must be 0: jobv starts zeroed). */
-enum { KIND_NONE = 0, KIND_CORRUPT, KIND_DIVERGED, KIND_LOCAL, KIND_FOREIGN, KIND_STORE };
+enum { KIND_NONE = 0, KIND_CORRUPT, KIND_DIVERGED, KIND_LOCAL, KIND_FOREIGN, KIND_STORE, KIND_GONE };
 
 /* The recorded position (docs/FORMAT.md: replica state). */
 typedef struct rep_state {
@@ -913,6 +913,9 @@ static int apply_segment(replica *r, const seg_ref *s, fetcher *fe, size_t job, 
             } else {
                 *kind = rc == WALSHIP_ERR_CORRUPT || rc == WALSHIP_ERR_NOTFOUND ? KIND_CORRUPT
                                                                                : KIND_STORE;
+                /* Deleted since the listing (retention, say) is not damage. */
+                if (rc == WALSHIP_ERR_NOTFOUND && catalog_object_gone(r->st, s->key))
+                    *kind = KIND_GONE;
                 wserr_prefix(err, "download %s", s->key);
             }
             break;
@@ -1830,16 +1833,19 @@ static int apply_batch(replica *r, const seg_ref *const *chain, fetcher *fe, siz
             mark_rollback(r, &m);
             ntx = tx0;
             npages = pg0;
-            if (kind == KIND_CORRUPT || kind == KIND_FOREIGN) {
+            if (kind == KIND_CORRUPT || kind == KIND_FOREIGN || kind == KIND_GONE) {
                 /* refused for a while; another segment holding the same
                 ** transactions is taken if there is one */
                 bad_mark(r, chain[i]->key);
                 status_lock(r);
                 if (kind == KIND_CORRUPT) r->status.corrupt_objects++;
                 status_unlock(r);
-                report(r, kind == KIND_CORRUPT ? WS_LOG_ERROR : WS_LOG_WARN,
-                       kind == KIND_CORRUPT ? "replica_corrupt_object" : "replica_object_ignored",
-                       err->msg);
+                if (kind == KIND_GONE) /* retention's work, not a problem: relist */
+                    WS_INFO("replica_object_gone", "replica=%s err=\"%s\"", r->path, err->msg);
+                else
+                    report(r, kind == KIND_CORRUPT ? WS_LOG_ERROR : WS_LOG_WARN,
+                           kind == KIND_CORRUPT ? "replica_corrupt_object" : "replica_object_ignored",
+                           err->msg);
                 r->cursor[0] = '\0'; /* relist: the range may be held elsewhere */
                 rc = 0;
             } else if (kind == KIND_STORE) {

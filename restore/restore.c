@@ -55,7 +55,7 @@
 #define WHY_MAX          240
 
 /* Whose fault a failure is. */
-enum { V_FATAL = 0, V_NOT_OURS = 1, V_DAMAGED = 2 };
+enum { V_FATAL = 0, V_NOT_OURS = 1, V_DAMAGED = 2, V_GONE = 3 };
 
 int restore_snap_footer(store *st, const cat_snap *s, snap_footer *out, wserr *err) {
     if (s->state == CAT_OK) {
@@ -320,6 +320,8 @@ static int nomem(wserr *err) { return wserr_set(err, WALSHIP_ERR_NOMEM, "out of 
 static int refuse(builder *b, int verdict, wserr *err) {
     if (verdict == V_NOT_OURS)
         b->res->ignored++;
+    else if (verdict == V_GONE)
+        b->res->gone++;
     else
         b->res->damaged++;
     WS_WARN("restore_object_refused", "why=\"%s\"", err->msg);
@@ -585,11 +587,11 @@ static int apply_segment(builder *b, fetcher *fe, size_t job, const cat_seg *s, 
                 *verdict = V_DAMAGED;
                 wserr_prefix(err, "segment %s", s->key);
             } else if (rc == WALSHIP_ERR_NOTFOUND) {
-                *verdict = V_DAMAGED;
-                rc = wserr_set(err, WALSHIP_ERR_CORRUPT,
-                               "segment %s cannot be read (gone since the listing, or not a "
-                               "regular file)",
-                               s->key);
+                int gone = catalog_object_gone(b->st, s->key);
+                *verdict = gone ? V_GONE : V_DAMAGED;
+                rc = wserr_set(err, WALSHIP_ERR_CORRUPT, "segment %s %s", s->key,
+                               gone ? "was deleted since the listing"
+                                    : "cannot be read (not a regular file, or unreadable)");
             } else {
                 wserr_prefix(err, "segment %s", s->key);
             }
@@ -827,10 +829,11 @@ out:
         *verdict = V_DAMAGED;
         if (strncmp(err->msg, "snapshot ", 9) != 0) wserr_prefix(err, "snapshot %s", s->key);
     } else if (rc == WALSHIP_ERR_NOTFOUND && !local) {
-        *verdict = V_DAMAGED;
-        rc = wserr_set(err, WALSHIP_ERR_CORRUPT,
-                       "snapshot %s cannot be read (gone since the listing, or not a regular file)",
-                       s->key);
+        int gone = catalog_object_gone(b->st, s->key);
+        *verdict = gone ? V_GONE : V_DAMAGED;
+        rc = wserr_set(err, WALSHIP_ERR_CORRUPT, "snapshot %s %s", s->key,
+                       gone ? "was deleted since the listing"
+                            : "cannot be read (not a regular file, or unreadable)");
     }
     fetch_free(fe);
     wsbuf_free(&ib);

@@ -64,6 +64,7 @@ typedef struct restore_result {
     uint64_t bytes;
     size_t nsegments;
     size_t damaged; /* objects found damaged while building (also set when it fails) */
+    size_t gone;    /* objects deleted since the listing (retention, say), routed around */
     size_t ignored; /* objects found not to be this history's while building */
 } restore_result;
 

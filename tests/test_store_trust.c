@@ -22,6 +22,10 @@
 **     - a 1-byte snapshot named past the last transaction;
 **     - a fifo, an empty directory, and a directory with a file in it,
 **       each named like the last segment (file:// lists them now);
+**   told apart (catalog_object_gone): an object deleted since the listing
+**     (retention, say) is gone, not damage; one still listed but not a
+**     regular file is damage (a replica counts only damage in
+**     corrupt_objects);
 **   routed around (restored, with a warning):
 **     - a garbage segment named to span two real ones (the chain prefers
 **       it): the real ones are used instead.
@@ -31,6 +35,8 @@
 */
 #include <sys/stat.h>
 
+#include "restore/catalog.h"
+#include "store/store.h"
 #include "trust_testlib.h"
 
 static const char *root;
@@ -238,6 +244,22 @@ static void test_routed_around(void) {
     CHECK_CONTAINS(tt_errout, "restore_route_around");
 }
 
+static void test_gone_or_damaged(void) {
+    tt_store s;
+    char p[2400];
+    tt_copy(&pristine, root, "gone", &s);
+    store *st = NULL;
+    wserr err = {0};
+    CHECK_OK(store_open(s.url, &st, &err), &err);
+    CHECK_EQ(catalog_object_gone(st, pristine.seg[0]), 0); /* there */
+    tt_path(&s, pristine.seg[0], p, sizeof p);
+    CHECK_EQ(unlink(p), 0);
+    CHECK_EQ(catalog_object_gone(st, pristine.seg[0]), 1); /* deleted */
+    CHECK_EQ(mkfifo(p, 0644), 0);
+    CHECK_EQ(catalog_object_gone(st, pristine.seg[0]), 0); /* listed, not a file: damage */
+    store_free(st);
+}
+
 int main(int argc, char **argv) {
     tt_only = argc > 1 ? argv[1] : NULL;
     ws_test_seed(20261207);
@@ -257,5 +279,6 @@ int main(int argc, char **argv) {
     TT_CASE(test_damaged_newest_snapshot);
     TT_CASE(test_unreadable_last_segment);
     TT_CASE(test_routed_around);
+    TT_CASE(test_gone_or_damaged);
     return 0;
 }
