@@ -1659,6 +1659,9 @@ static void flush_finish(shipper *sh) {
     ship_state *ss = &sh->ss;
     if (!ss->flush_active || !flush_reached(sh)) return;
     ss->flush_active = 0;
+    /* The status first: whoever the flush wakes reads it at once, and it
+    ** must already show what the flush waited for (shipped_txid). */
+    publish_status(sh);
     spool_flush_done_set(sh->sp, ss->flush_req);
 }
 

@@ -19,6 +19,7 @@
 **     spool_bytes, wal_bytes (the WAL's size), last_error (""); after a
 **     flush shipped_txid = txid and lag_ms = 0. SELECT walship_flush(ms)
 **     returns 1, and is unknown on a connection that does not use walship.
+**   - Right after walship_flush returns 1, shipped_txid = txid (200 times).
 **   - segments_uploaded, segment_bytes_uploaded, snapshots_uploaded and
 **     snapshot_bytes_uploaded equal the store's segment and snapshot files.
 **   - A periodic snapshot comes once the segments since the last one add up
@@ -253,6 +254,17 @@ static void test_status(void) {
     CHECK_EQ(db_json_int(js, "segment_bytes_uploaded"), counts[0][1]);
     CHECK_EQ(db_json_int(js, "snapshots_uploaded"), counts[1][0]);
     CHECK_EQ(db_json_int(js, "snapshot_bytes_uploaded"), counts[1][1]);
+    /* Right after a flush returns, the status shows what it waited for. */
+    for (int i = 0; i < 200; i++) {
+        db_exec(db, "INSERT INTO t VALUES (randomblob(100))");
+        CHECK_EQ(walship_flush(path, 60000), 1);
+        char *j2 = db_status_json(db);
+        int64_t tx = db_json_int(j2, "txid"), shipped = db_json_int(j2, "shipped_txid");
+        free(j2);
+        if (shipped != tx)
+            ws_test_fail(__FILE__, __LINE__, "after flush %d: shipped_txid %" PRId64 ", txid %" PRId64,
+                         i, shipped, tx);
+    }
     CHECK(db_json_int(js, "wal_bytes") > 0);
     free(js);
 
