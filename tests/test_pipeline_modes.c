@@ -249,7 +249,9 @@ static void test_status(void) {
                  0);
         CHECK_EQ(sscanf(out, "%" SCNd64 " %" SCNd64, &counts[k][0], &counts[k][1]), 2);
     }
-    CHECK(counts[0][0] >= 1 && counts[1][0] >= 1);
+    /* The generation's snapshot; its first transactions may be folded into
+    ** it (no segment then). */
+    CHECK(counts[1][0] >= 1);
     CHECK_EQ(db_json_int(js, "segments_uploaded"), counts[0][0]);
     CHECK_EQ(db_json_int(js, "segment_bytes_uploaded"), counts[0][1]);
     CHECK_EQ(db_json_int(js, "snapshots_uploaded"), counts[1][0]);
