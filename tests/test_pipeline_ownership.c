@@ -81,6 +81,22 @@ static void flush_ok(const char *path, sqlite3 *db) {
     }
 }
 
+/* A new database <name>.db shipping to file://<dir>/store-<name> (paths into
+** pa and url), n rows committed and flushed. */
+static sqlite3 *shipping_db(const char *name, int n, char *pa, size_t pan, char *url, size_t urln) {
+    char f[200], sd[4300];
+    snprintf(f, sizeof f, "%s.db", name);
+    mkpath(pa, pan, f);
+    snprintf(f, sizeof f, "store-%s", name);
+    mkpath(sd, sizeof sd, f);
+    snprintf(url, urln, "file://%s", sd);
+    create_db(pa);
+    sqlite3 *db = db_open_walship(pa, url, "walship_ship_interval=0");
+    insert(db, "a", n);
+    flush_ok(pa, db);
+    return db;
+}
+
 /* The store's latest restore has exactly db's content. */
 static void restores_to(const char *url, sqlite3 *db, const char *what) {
     char out[4300], msg[512];
@@ -156,15 +172,9 @@ static void case_two_dbs(void) {
 }
 
 static void case_adopt(void) {
-    char pa[4300], pc[4300], sd[4300], url[4400], msg[512];
-    mkpath(pa, sizeof pa, "adopt-a.db");
+    char pa[4300], pc[4300], url[4400], msg[512];
     mkpath(pc, sizeof pc, "adopt-c.db");
-    mkpath(sd, sizeof sd, "store-adopt");
-    snprintf(url, sizeof url, "file://%s", sd);
-    create_db(pa);
-    sqlite3 *a = db_open_walship(pa, url, "walship_ship_interval=0");
-    insert(a, "a", 10);
-    flush_ok(pa, a);
+    sqlite3 *a = shipping_db("adopt", 10, pa, sizeof pa, url, sizeof url);
     sqlite3_close(a);
     /* The machine is lost; the database comes back from its backups elsewhere. */
     if (db_restore(url, pc, 0, 0, 0, msg, sizeof msg) != 0)
@@ -197,14 +207,8 @@ static void case_adopt(void) {
 }
 
 static void case_spool_lost(void) {
-    char pa[4300], sd[4300], url[4400], spool[4400];
-    mkpath(pa, sizeof pa, "lost.db");
-    mkpath(sd, sizeof sd, "store-lost");
-    snprintf(url, sizeof url, "file://%s", sd);
-    create_db(pa);
-    sqlite3 *a = db_open_walship(pa, url, "walship_ship_interval=0");
-    insert(a, "a", 10);
-    flush_ok(pa, a);
+    char pa[4300], url[4400], spool[4400];
+    sqlite3 *a = shipping_db("lost", 10, pa, sizeof pa, url, sizeof url);
     sqlite3_close(a);
     db_wait_shipper_retired(pa);
     db_spool_dir(pa, spool, sizeof spool);
@@ -217,14 +221,8 @@ static void case_spool_lost(void) {
 }
 
 static void case_markers(void) {
-    char pa[4300], sd[4300], url[4400], spool[4400];
-    mkpath(pa, sizeof pa, "markers.db");
-    mkpath(sd, sizeof sd, "store-markers");
-    snprintf(url, sizeof url, "file://%s", sd);
-    create_db(pa);
-    sqlite3 *a = db_open_walship(pa, url, "walship_ship_interval=0");
-    insert(a, "a", 3);
-    flush_ok(pa, a);
+    char pa[4300], url[4400], spool[4400];
+    sqlite3 *a = shipping_db("markers", 3, pa, sizeof pa, url, sizeof url);
     /* The spool's identity names the database and its destination. */
     db_spool_dir(pa, spool, sizeof spool);
     char identpath[4500];
