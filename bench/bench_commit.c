@@ -42,7 +42,8 @@
 **   whose CPU is not counted; the spool is <db>-walship/, temp files are
 **   its *.tmp), keepup_ms (walship: from the last commit until
 **   walship_flush returns 1, i.e. everything is in the store; -1 if it
-**   did not within 120 s; 0 for the others).
+**   did not within 120 s; 0 for the others), copied_bytes (walship: WAL
+**   bytes the VFS copied into the spool at restarts, from walship_status).
 */
 #include <dirent.h>
 #include <fcntl.h>
@@ -417,6 +418,23 @@ typedef struct run_opts {
 } run_opts;
 
 /* One setup, one line of key=value results on stdout (see the header). */
+
+/* An integer field of PRAGMA walship_status (-1 if absent). */
+static int64_t status_int(sqlite3 *db, const char *key) {
+    int64_t v = -1;
+    sqlite3_stmt *st = NULL;
+    char pat[64];
+    snprintf(pat, sizeof pat, "\"%s\":", key);
+    if (sqlite3_prepare_v2(db, "PRAGMA walship_status", -1, &st, NULL) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW) {
+        const char *js = (const char *)sqlite3_column_text(st, 0);
+        const char *p = js ? strstr(js, pat) : NULL;
+        if (p) v = strtoll(p + strlen(pat), NULL, 10);
+    }
+    sqlite3_finalize(st);
+    return v;
+}
+
 static int run_one(const run_opts *o) {
     int is_walship = strcmp(o->setup, "walship") == 0, is_naive = strcmp(o->setup, "naive") == 0;
     if (!is_walship && !is_naive && strcmp(o->setup, "plain") != 0) {
@@ -466,16 +484,18 @@ static int run_one(const run_opts *o) {
         keepup_ms = walship_flush(o->db, 120000) == 1 ? (now_ns() - t_end) / 1000000 : -1;
     int64_t cpu = cpu_ns() - cpu0;
     peaks pk = sampler_stop(&smp);
+    int64_t copied = is_walship ? status_int(db, "wal_bytes_copied") : 0;
     sqlite3_close(db);
     if (nv.archive_fd >= 0) close(nv.archive_fd);
     free(lat);
     printf("setup=%s rows=%d sync=%s rate=%g commits=%" PRId64 " secs=%.3f commits_per_s=%.1f "
            "mean_us=%.1f p50_us=%.1f p99_us=%.1f p999_us=%.1f max_us=%.1f cpu_ms=%.1f "
            "cpu_us_per_commit=%.2f wal_peak=%" PRId64 " spool_peak=%" PRId64 " tmp_peak=%" PRId64
-           " keepup_ms=%" PRId64 "\n",
+           " keepup_ms=%" PRId64 " copied_bytes=%" PRId64 "\n",
            o->setup, o->rows, o->sync, o->rate, s.n, secs, secs > 0 ? (double)s.n / secs : 0,
            s.mean_us, s.p50_us, s.p99_us, s.p999_us, s.max_us, (double)cpu / 1e6,
-           s.n ? (double)cpu / 1e3 / (double)s.n : 0, pk.wal, pk.spool, pk.tmp, keepup_ms);
+           s.n ? (double)cpu / 1e3 / (double)s.n : 0, pk.wal, pk.spool, pk.tmp, keepup_ms,
+           copied);
     return 0;
 }
 

@@ -27,6 +27,7 @@
 #include "shipper_impl.h"
 
 #define MAX_THREADS 16
+#define WAKE_FRAMES 256 /* a busy WAL wakes its shipper every this many frames */
 
 static struct {
     pthread_mutex_t mu;
@@ -363,17 +364,54 @@ spool *shipper_spool(shipper *sh) { return sh->sp; }
 const ws_config *shipper_config(shipper *sh) { return &sh->cfg; }
 const char *shipper_db_path(shipper *sh) { return sh->db_path; }
 
-void shipper_nudge(shipper *sh) {
-    /* Called on every commit: no lock, and normally nothing at all. Only a
-    ** ship interval of 0 wants each commit shipped at once; otherwise the
-    ** step comes at its own pace (it polls the spool's end, which costs a
-    ** memory read) and waking a thread per commit would only burn CPU the
-    ** application needs. */
-    if (sh->cfg.ship_interval_ms != 0) return;
+void shipper_nudge(shipper *sh, uint32_t mx_frame) {
+    /* Called on every commit: no lock, and normally nothing at all. A ship
+    ** interval of 0 wants each commit shipped at once; otherwise the step
+    ** comes at its own pace (it polls the spool's end, which costs a memory
+    ** read) and waking a thread per commit would only burn CPU the
+    ** application needs -- except every WAKE_FRAMES frames of a busy WAL:
+    ** then the shipper takes the frames while they are fresh, so that a
+    ** checkpoint's request for a durability point (shipper_sync_request)
+    ** finds little left to read before the WAL may restart. */
+    uint32_t woke = atomic_load_explicit(&sh->woke_mx, memory_order_relaxed);
+    int busy = mx_frame - woke >= WAKE_FRAMES; /* wraps when the WAL restarted */
+    if (sh->cfg.ship_interval_ms != 0 && !busy) return;
+    atomic_store_explicit(&sh->woke_mx, mx_frame, memory_order_relaxed);
     pthread_mutex_lock(&pool.mu);
     make_due_locked(sh, ws_mono_ms());
     pthread_cond_signal(&pool.cv);
     pthread_mutex_unlock(&pool.mu);
+}
+
+void shipper_sync_request(shipper *sh) {
+    spool_sync_request(sh->sp);
+    pthread_mutex_lock(&pool.mu);
+    make_due_locked(sh, ws_mono_ms());
+    pthread_cond_signal(&pool.cv);
+    pthread_mutex_unlock(&pool.mu);
+}
+
+int shipper_wait_durable(shipper *sh, uint32_t salt1, uint32_t salt2, uint32_t mx,
+                         int64_t max_ms) {
+    if (spool_shipper_pid(sh->sp) != (int)getpid()) return 0; /* not ours to wake */
+    int64_t deadline = ws_mono_ms() + max_ms;
+    int ok = 0;
+    pthread_mutex_lock(&sh->mu);
+    for (;;) {
+        uint32_t s1, s2, fr;
+        spool_shipped_get(sh->sp, &s1, &s2, &fr);
+        if (s1 == salt1 && s2 == salt2 && fr >= mx) {
+            ok = 1;
+            break;
+        }
+        int64_t now = ws_mono_ms();
+        if (now >= deadline) break;
+        struct timespec ts;
+        deadline_in(&ts, 1); /* the durability point is taken mid-step */
+        pthread_cond_timedwait(&sh->cv, &sh->mu, &ts);
+    }
+    pthread_mutex_unlock(&sh->mu);
+    return ok;
 }
 
 int shipper_flush(shipper *sh, int64_t timeout_ms) {

@@ -59,6 +59,8 @@ enum { PH_UNELECTED = 0, PH_INIT = 1, PH_RUN = 2 };
 #define RETENTION_EVERY_MS (10 * 60 * 1000)
 #define BACKOFF_MAX_MS 30000
 #define SYNC_POINT_MS 100
+#define SYNC_ASKED_MS 5
+#define READ_BATCH_FRAMES 256 /* WAL frames read at once while watermarks pile up */
 #define CLAIM_EVERY_MS 60000
 
 void *shipper_base_vfs(void);
@@ -634,6 +636,10 @@ static int apply_record(shipper *sh, const spool_rec *r, wserr *err) {
         }
         if (r->mx_frame > ss->pending_mx) ss->pending_mx = r->mx_frame;
         note_watermark_time(ss, r->mx_frame, r->time_ms);
+        /* The frames are read in batches (consume() takes the rest when
+        ** the records run out or another kind comes): a commit's few frames
+        ** are not worth a stat and two preads of their own. */
+        if (ss->pending_mx - ss->cur.frame < READ_BATCH_FRAMES) return 0;
         return ship_read_wal_frames(sh, ss->pending_mx, err);
     case SPOOL_REC_FRAMES:
         if (!ss->cur_known) return 0;
@@ -731,6 +737,17 @@ static int apply_record(shipper *sh, const spool_rec *r, wserr *err) {
     }
 }
 
+/* Reads the frames the watermarks consumed so far announced; once nothing
+** is pending, everything before pos is taken. */
+static int take_pending(shipper *sh, spool_pos pos, wserr *err) {
+    ship_state *ss = &sh->ss;
+    int rc = ship_read_wal_frames(sh, ss->pending_mx, err);
+    if (rc) return rc;
+    if (!ss->cur_known || ss->pending_mx <= ss->cur.frame || (ss->cur.flags & WS_WALPOS_ENDED))
+        ss->resume = pos;
+    return 0;
+}
+
 /* Reads and applies records until the end of the spool or the step budget. */
 static int consume(shipper *sh, int64_t deadline, wserr *err) {
     ship_state *ss = &sh->ss;
@@ -745,15 +762,18 @@ static int consume(shipper *sh, int64_t deadline, wserr *err) {
         if (r == 0) {
             /* Nothing new (pos may have moved past the end of a finished
             ** log file to the start of the next): keep the position, and
-            ** retry frames whose read failed earlier. */
+            ** read the frames announced (or whose read failed earlier). */
             ss->cur.log_seq = pos.seq;
             ss->cur.log_off = pos.off;
-            if (!ss->cur_known || ss->pending_mx <= ss->cur.frame ||
-                (ss->cur.flags & WS_WALPOS_ENDED))
-                ss->resume = pos;
-            return ship_read_wal_frames(sh, ss->pending_mx, err);
+            return take_pending(sh, pos, err);
         }
         int had_pending = ss->cur_known && ss->pending_mx > ss->cur.frame;
+        if (had_pending && rec.type != SPOOL_REC_WATERMARK) {
+            /* Every other record acts on what came before it in full. */
+            int rc = take_pending(sh, before, err);
+            if (rc) return rc;
+            had_pending = ss->cur_known && ss->pending_mx > ss->cur.frame;
+        }
         ss->cur.log_seq = pos.seq;
         ss->cur.log_off = pos.off;
         int rc = apply_record(sh, &rec, err);
@@ -765,7 +785,9 @@ static int consume(shipper *sh, int64_t deadline, wserr *err) {
         else if (!had_pending)
             ss->resume = before;
     }
-    return 0;
+    return ss->cur_known && ss->pending_mx > ss->cur.frame
+               ? take_pending(sh, (spool_pos){ss->cur.log_seq, ss->cur.log_off}, err)
+               : 0;
 }
 
 /* ---- closing segments and the queue ------------------------------------------ */
@@ -892,11 +914,21 @@ static int segment_due(shipper *sh) {
 ** once synced, its transactions survive a crash of this process, so the VFS
 ** need not copy their frames before a WAL restart. Taken at most every
 ** SYNC_POINT_MS while transactions arrive, which keeps that copy to about
-** that much WAL instead of a whole ship interval. */
+** that much WAL instead of a whole ship interval; and at once when a
+** checkpoint asks (spool_sync_request), at most every SYNC_ASKED_MS: then
+** it runs beside the checkpoint's own syncs, and the restart that follows
+** the checkpoint usually finds nothing left to copy. */
 static int sync_point(shipper *sh, wserr *err) {
     ship_state *ss = &sh->ss;
-    if (ss->segw == NULL || ss->tx_open || seg_writer_ntx(ss->segw) == ss->seg_synced_ntx) return 0;
-    if (ws_mono_ms() - ss->seg_synced_mono < SYNC_POINT_MS) return 0;
+    uint32_t asked = spool_sync_requests(sh->sp);
+    if (ss->segw == NULL || seg_writer_ntx(ss->segw) == ss->seg_synced_ntx) {
+        ss->sync_seen = asked; /* nothing to make durable */
+        return 0;
+    }
+    if (ss->tx_open) return 0;
+    int64_t since = ws_mono_ms() - ss->seg_synced_mono;
+    if (since < SYNC_POINT_MS && (asked == ss->sync_seen || since < SYNC_ASKED_MS)) return 0;
+    ss->sync_seen = asked;
     ship_record r;
     live_record(ss, &r);
     int rc = seg_writer_sync_point(ss->segw, &r.pos, err);
@@ -906,6 +938,8 @@ static int sync_point(shipper *sh, wserr *err) {
     ss->seg_synced_ntx = seg_writer_ntx(ss->segw);
     ss->seg_synced_mono = ws_mono_ms();
     spool_shipped_set(sh->sp, r.pos.salt1, r.pos.salt2, r.pos.frame);
+    WS_DEBUG("sync_point", "db=%s salt1=%08x frame=%u asked=%d", sh->db_path, r.pos.salt1,
+             r.pos.frame, since < SYNC_POINT_MS);
     ws_kill_point("seg_synced"); /* start-up must recover seg.tmp */
     return 0;
 }
@@ -1982,9 +2016,11 @@ int64_t ship_step(shipper *sh) {
     /* When to come back. */
     if (ss->segw && !ss->tx_open) {
         int64_t due = ss->seg_opened_mono + sh->cfg.ship_interval_ms;
-        if (seg_writer_ntx(ss->segw) != ss->seg_synced_ntx &&
-            ss->seg_synced_mono + SYNC_POINT_MS < due)
-            due = ss->seg_synced_mono + SYNC_POINT_MS;
+        if (seg_writer_ntx(ss->segw) != ss->seg_synced_ntx) {
+            int64_t wait = spool_sync_requests(sh->sp) != ss->sync_seen ? SYNC_ASKED_MS
+                                                                         : SYNC_POINT_MS;
+            if (ss->seg_synced_mono + wait < due) due = ss->seg_synced_mono + wait;
+        }
         if (due < next) next = due;
     }
     if (ss->snap && snapjob_active(ss->snap)) next = ws_mono_ms();

@@ -45,8 +45,18 @@ spool *shipper_spool(shipper *sh);
 const ws_config *shipper_config(shipper *sh);
 const char *shipper_db_path(shipper *sh);
 
-/* Tells the pool that a record was appended (cheap; called on commit). */
-void shipper_nudge(shipper *sh);
+/* Tells the pool that a record was appended (cheap; called on commit) for
+** a WAL now mx_frame frames long. */
+void shipper_nudge(shipper *sh, uint32_t mx_frame);
+
+/* A checkpoint is starting (VFS): asks the elected shipper, wherever it
+** runs, for a durability point now, and wakes it if it runs here. */
+void shipper_sync_request(shipper *sh);
+
+/* Waits up to max_ms for the shipper of this process (no other) to make
+** WAL (salt1, salt2) durable up to frame mx: 1 if it did. */
+int shipper_wait_durable(shipper *sh, uint32_t salt1, uint32_t salt2, uint32_t mx,
+                         int64_t max_ms);
 
 /* Waits until every record appended to the spool before the call is in the
 ** store: 1 when done, 0 on timeout (timeout_ms < 0: no limit), or a negative

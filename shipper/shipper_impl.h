@@ -84,6 +84,7 @@ typedef struct ship_state {
     int64_t seg_first_commit_ms;
     int64_t seg_synced_mono;   /* last durability point of the open segment */
     uint32_t seg_synced_ntx;   /* transactions it covered */
+    uint32_t sync_seen;        /* durability point requests served (spool_sync_requests) */
 
     /* closed objects awaiting upload, oldest first */
     queued *queue;
@@ -141,6 +142,7 @@ struct shipper {
     int have_final;
     char vfs_error[SPOOL_ERR_MAX];
     atomic_int nudged;
+    _Atomic uint32_t woke_mx;  /* WAL frame count at the last wake by a commit */
     /* step state */
     ship_state ss;
 };

@@ -47,7 +47,7 @@ struct ctl_block {
     _Atomic uint32_t shipped_salt1, shipped_salt2, shipped_frame;
     _Atomic uint64_t shipped_check;
     _Atomic uint32_t flush_req;
-    uint32_t pad3;
+    _Atomic uint32_t sync_req; /* durability points asked for (zero in older blocks) */
     _Atomic int64_t st_heartbeat_ms;
     _Atomic int32_t st_pid;
     uint32_t pad4;
@@ -63,6 +63,10 @@ struct ctl_block {
     /* what the shipper put into the store (zero in a block made by an older
     ** build, and after a rebuild) */
     _Atomic uint64_t up_segments, up_segment_bytes, up_snapshots, up_snapshot_bytes;
+    /* WAL frames the VFS copied into the spool because the shipper had not
+    ** made them durable before SQLite restarted, truncated or deleted the WAL
+    ** (zero in a block made by an older build) */
+    _Atomic uint64_t copied_frames, copied_bytes;
 };
 _Static_assert(sizeof(struct ctl_block) <= CTL_SIZE, "ctl block fits its file");
 
@@ -568,13 +572,53 @@ static int reader_fd(spool *sp, spool_reader *rd, uint64_t seq, wserr *err) {
     if (rd->fd >= 0) close(rd->fd);
     rd->fd = fd;
     rd->seq = seq;
+    rd->ra_len = 0;
     return 0;
 }
 
 void spool_reader_close(spool_reader *rd) {
     if (rd->fd >= 0) close(rd->fd);
+    free(rd->ra);
+    memset(rd, 0, sizeof *rd);
     rd->fd = -1;
-    rd->seq = 0;
+}
+
+/* read_rec_at through the reader's read-ahead: a busy WAL appends a 48-byte
+** watermark per commit, and reading them a chunk at a time instead of with
+** two preads each is most of what consuming them costs. Records larger than
+** half a chunk (copied frames) are read directly. */
+#define READ_AHEAD_BYTES ((size_t)64 << 10)
+static long read_rec_ahead(spool_reader *rd, uint64_t off, uint64_t limit, wsbuf *buf,
+                           spool_rec *rec) {
+    if (off + SPOOL_REC_HDR_SIZE > limit) return 0;
+    if (rd->ra == NULL && (rd->ra = malloc(READ_AHEAD_BYTES)) == NULL)
+        return read_rec_at(rd->fd, off, limit, buf, rec);
+    for (int pass = 0;; pass++) {
+        int have = rd->ra_len > 0 && off >= rd->ra_off &&
+                   off + SPOOL_REC_HDR_SIZE <= rd->ra_off + rd->ra_len;
+        if (have) {
+            const uint8_t *p = rd->ra + (off - rd->ra_off);
+            size_t total = spool_rec_peek_size(p);
+            if (total == 0 || off + total > limit) return 0;
+            if (off + total <= rd->ra_off + rd->ra_len) {
+                buf->len = 0;
+                if (wsbuf_reserve(buf, total)) return -1;
+                memcpy(buf->p, p, total);
+                buf->len = total;
+                long got = spool_rec_decode(buf->p, total, rec);
+                return got > 0 ? got : 0;
+            }
+            if (total > READ_AHEAD_BYTES / 2 || pass > 0)
+                return read_rec_at(rd->fd, off, limit, buf, rec);
+        } else if (pass > 0) {
+            return 0; /* the file ends before the published end says */
+        }
+        uint64_t want = limit - off < READ_AHEAD_BYTES ? limit - off : READ_AHEAD_BYTES;
+        ssize_t r = ws_pread_full(rd->fd, rd->ra, (size_t)want, (off_t)off);
+        rd->ra_off = off;
+        rd->ra_len = r > 0 ? (size_t)r : 0;
+        if (r < 0) return -1;
+    }
 }
 
 int spool_read(spool *sp, spool_reader *rd, spool_pos *pos, wsbuf *buf, spool_rec *rec,
@@ -608,7 +652,7 @@ int spool_read(spool *sp, spool_reader *rd, spool_pos *pos, wsbuf *buf, spool_re
             pos->off = SPOOL_FILE_HDR_SIZE;
             continue;
         }
-        long got = read_rec_at(rd->fd, pos->off, limit, buf, rec);
+        long got = read_rec_ahead(rd, pos->off, limit, buf, rec);
         if (got < 0) return -wserr_errno(err, WALSHIP_ERR_IO, errno, "read spool log");
         if (got == 0)
             return -wserr_set(err, WALSHIP_ERR_CORRUPT,
@@ -699,6 +743,10 @@ uint32_t spool_flush_request(spool *sp) { return atomic_fetch_add(&sp->ctl->flus
 
 uint32_t spool_flush_requests(spool *sp) { return atomic_load(&sp->ctl->flush_req); }
 
+void spool_sync_request(spool *sp) { atomic_fetch_add(&sp->ctl->sync_req, 1); }
+
+uint32_t spool_sync_requests(spool *sp) { return atomic_load(&sp->ctl->sync_req); }
+
 void spool_count_upload(spool *sp, int snapshot, uint64_t bytes) {
     struct ctl_block *c = sp->ctl;
     atomic_fetch_add_explicit(snapshot ? &c->up_snapshots : &c->up_segments, 1, RLX);
@@ -711,6 +759,13 @@ void spool_uploads_get(spool *sp, spool_uploads *out) {
     out->segment_bytes = atomic_load_explicit(&c->up_segment_bytes, RLX);
     out->snapshots = atomic_load_explicit(&c->up_snapshots, RLX);
     out->snapshot_bytes = atomic_load_explicit(&c->up_snapshot_bytes, RLX);
+    out->copied_frames = atomic_load_explicit(&c->copied_frames, RLX);
+    out->copied_bytes = atomic_load_explicit(&c->copied_bytes, RLX);
+}
+
+void spool_count_copy(spool *sp, uint64_t frames, uint64_t bytes) {
+    atomic_fetch_add_explicit(&sp->ctl->copied_frames, frames, RLX);
+    atomic_fetch_add_explicit(&sp->ctl->copied_bytes, bytes, RLX);
 }
 
 void spool_flush_done_set(spool *sp, uint32_t req) { atomic_store(&sp->ctl->flush_done, req); }
@@ -758,6 +813,8 @@ uint64_t spool_log_bytes(spool *sp) {
 void spool_flags_set(spool *sp, uint32_t flags) { atomic_store(&sp->ctl->st_flags, flags); }
 
 uint32_t spool_flags_get(spool *sp) { return atomic_load(&sp->ctl->st_flags); }
+
+int spool_shipper_pid(spool *sp) { return (int)atomic_load_explicit(&sp->ctl->st_pid, RLX); }
 
 int spool_shipper_alive(spool *sp) {
     char path[PATH_MAX];

@@ -106,6 +106,11 @@ int spool_begin(spool *sp, spool_pos *out, wserr *err);
 typedef struct spool_reader {
     int fd;
     uint64_t seq;
+    /* read-ahead of file seq: bytes [ra_off, ra_off + ra_len), all before
+    ** the published end when read (records there never change) */
+    uint8_t *ra;
+    size_t ra_len;
+    uint64_t ra_off;
 } spool_reader;
 void spool_reader_close(spool_reader *rd);
 
@@ -135,14 +140,27 @@ void spool_status_get(spool *sp, spool_status *out);
 uint32_t spool_flush_request(spool *sp);
 uint32_t spool_flush_requests(spool *sp);
 void spool_flush_done_set(spool *sp, uint32_t req);
+
+/* A checkpoint is starting: the WAL may restart soon, and every committed
+** frame the shipper has not made durable by then is copied into the spool
+** on the committing thread. A request asks the shipper for a durability
+** point now (it runs beside the checkpoint's own syncs) instead of at its
+** usual pace. */
+void spool_sync_request(spool *sp);
+uint32_t spool_sync_requests(spool *sp);
 uint32_t spool_flush_done(spool *sp);
 
 /* What the shipper put into the store since the spool's block was last
-** built (its first user opened it): objects and their bytes, by kind. */
+** built (its first user opened it): objects and their bytes, by kind; and
+** what the VFS copied from the WAL into the spool meanwhile (frames the
+** shipper had not made durable when SQLite restarted, truncated or deleted
+** the WAL). */
 typedef struct spool_uploads {
     uint64_t segments, segment_bytes, snapshots, snapshot_bytes;
+    uint64_t copied_frames, copied_bytes;
 } spool_uploads;
 void spool_count_upload(spool *sp, int snapshot, uint64_t bytes);
+void spool_count_copy(spool *sp, uint64_t frames, uint64_t bytes);
 void spool_uploads_get(spool *sp, spool_uploads *out);
 
 /* Evidence of the database file's state after walship's own last write to
@@ -169,6 +187,8 @@ void spool_flags_set(spool *sp, uint32_t flags);
 uint32_t spool_flags_get(spool *sp);
 
 /* Nonzero if some process holds the election lock now: a shipper lives. */
+/* The process id the shipper last published in its status (0 if none). */
+int spool_shipper_pid(spool *sp);
 int spool_shipper_alive(spool *sp);
 
 /* Election: try to become this database's shipper (non-blocking flock on

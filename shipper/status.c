@@ -67,7 +67,7 @@ void ws_status_json(spool *sp, const char *db_path, const char *url, const char 
         wsbuf buf = {0};
         spool_rec rec;
         /* Its own reader: the shipper's belongs to the shipper's thread. */
-        spool_reader rd = {-1, 0};
+        spool_reader rd = {.fd = -1};
         for (int i = 0; i < 64 && spool_read(sp, &rd, &pos, &buf, &rec, NULL) > 0; i++) {
             if (rec.type == SPOOL_REC_WATERMARK) {
                 if (oldest == 0 || rec.time_ms < oldest) oldest = rec.time_ms;
@@ -104,11 +104,13 @@ void ws_status_json(spool *sp, const char *db_path, const char *url, const char 
              ",\"wal_bytes\":%" PRIu64 ",\"queue_bytes\":%" PRIu64
              ",\"segments_uploaded\":%" PRIu64 ",\"segment_bytes_uploaded\":%" PRIu64
              ",\"snapshots_uploaded\":%" PRIu64 ",\"snapshot_bytes_uploaded\":%" PRIu64
+             ",\"wal_frames_copied\":%" PRIu64 ",\"wal_bytes_copied\":%" PRIu64
              ",\"shipper_pid\":%d,\"shipper_alive\":%s,\"discarding\":%s,"
              "\"error_needs_user\":%s,\"generation_reason\":\"%s\",\"last_error\":\"%s\"}",
              edb, eurl, st.generation, st.txid, st.shipped_txid, lag,
              dir_bytes(spool_path(sp), 0), wal_bytes, st.queue_bytes, up.segments,
-             up.segment_bytes, up.snapshots, up.snapshot_bytes, (int)st.pid,
+             up.segment_bytes, up.snapshots, up.snapshot_bytes, up.copied_frames, up.copied_bytes,
+             (int)st.pid,
              alive ? "true" : "false", (flags & SPOOL_ST_DISCARDING) ? "true" : "false",
              (flags & SPOOL_ST_PERMANENT) ? "true" : "false", ewhy, eerr);
 }

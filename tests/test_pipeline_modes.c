@@ -27,6 +27,9 @@
 **     incompressible history over a 1 MiB database gives one or two.
 **   - With nothing shipped (walship_upload=0), lag_ms is exactly how long
 **     the first commit has waited, within the clock readings around it.
+**   - wal_frames_copied and wal_bytes_copied count what the VFS copied into
+**     the spool at a WAL restart: with no shipper, every committed frame of
+**     the WAL the checkpoint reported (frames and bytes exactly).
 **
 ** ctest-labels: pipeline
 ** ctest-timeout: 200
@@ -317,6 +320,35 @@ static void test_lag(void) {
     sqlite3_close(db);
 }
 
+/* With walship_upload=0 no shipper makes anything durable, so the restart
+** after a full checkpoint copies every committed frame of the old WAL. */
+static void test_copied(void) {
+    char path[4000], url[4000];
+    mkpath(path, sizeof path, "copied.db");
+    snprintf(url, sizeof url, "file://%s/copied-store", dir);
+    sqlite3 *db = db_open_walship(path, url, "walship_upload=0");
+    db_exec(db, "CREATE TABLE t(a)");
+    for (int i = 0; i < 20; i++) db_exec(db, "INSERT INTO t VALUES (randomblob(300))");
+    char *js = db_status_json(db);
+    CHECK_EQ(db_json_int(js, "wal_frames_copied"), 0);
+    free(js);
+    sqlite3_stmt *st = NULL;
+    CHECK_EQ(sqlite3_prepare_v2(db, "PRAGMA wal_checkpoint(PASSIVE)", -1, &st, NULL), SQLITE_OK);
+    CHECK_EQ(sqlite3_step(st), SQLITE_ROW);
+    CHECK_EQ(sqlite3_column_int(st, 0), 0);                                 /* not busy */
+    int64_t frames = sqlite3_column_int64(st, 1);
+    CHECK_EQ(sqlite3_column_int64(st, 2), frames);                          /* all backfilled */
+    sqlite3_finalize(st);
+    CHECK(frames >= 20);
+    db_exec(db, "INSERT INTO t VALUES (1)"); /* restarts the WAL */
+    js = db_status_json(db);
+    fprintf(stderr, "after the restart of a %" PRId64 "-frame WAL: %s\n", frames, js);
+    CHECK_EQ(db_json_int(js, "wal_frames_copied"), frames);
+    CHECK_EQ(db_json_int(js, "wal_bytes_copied"), frames * (24 + 4096));
+    free(js);
+    sqlite3_close(db);
+}
+
 /* The reason must survive a long path: SQLite's error log truncates a
 ** message to about 210 bytes, so the reason has to come before the path. */
 static void test_destination_long_path(void) {
@@ -373,6 +405,7 @@ int main(void) {
     RUN(test_status);
     RUN(test_snapshot_pays);
     RUN(test_lag);
+    RUN(test_copied);
     RUN(test_destination);
     RUN(test_rollback_db_switched);
     RUN(test_destination_long_path);

@@ -230,8 +230,8 @@ static void plain_write(kase *k, int rows, const char *mode) {
 static void plain_read(kase *k) {
     sqlite3 *db = db_open_plain(k->path, 0);
     sqlite3_busy_timeout(db, 30000);
-    CHECK(db_int(db, "SELECT count(*) FROM t") >= 0);
-    sqlite3_close(db);
+    (void)db_int(db, "SELECT count(*) FROM t"); /* fails the test on error */
+    CHECK_EQ(sqlite3_close(db), SQLITE_OK);
 }
 
 static void resume(kase *k, int rows) {

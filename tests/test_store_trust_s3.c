@@ -39,7 +39,7 @@ static void log_sink(int level, const char *line) {
 /* url with its endpoint replaced by the proxy's. */
 static void via_proxy(const char *url, char *out, size_t n) {
     const char *q = strstr(url, "?endpoint=");
-    if (q == NULL) ws_test_skip("WALSHIP_TEST_S3_URL has no endpoint= (needed for the proxy)");
+    if (q == NULL) ws_test_skip_s3("WALSHIP_TEST_S3_URL has no endpoint= (needed for the proxy)");
     snprintf(out, n, "%.*s?endpoint=http://127.0.0.1:%d", (int)(q - url), url, fp_port(fp));
 }
 
@@ -193,7 +193,7 @@ int main(void) {
     const char *url = ws_test_s3_url("stream");
     int port = proxied_port();
     if (port < 0)
-        ws_test_skip("the S3 endpoint is not http://127.0.0.1:PORT (needed for the proxy)");
+        ws_test_skip_s3("the S3 endpoint is not http://127.0.0.1:PORT (needed for the proxy)");
     setenv("WALSHIP_S3_RETRIES", "3", 1);
     ws_log_set_sink(log_sink, WS_LOG_WARN);
     fp = fp_start("127.0.0.1", port);

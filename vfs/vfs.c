@@ -80,6 +80,9 @@ struct ws_file {
 static sqlite3_vfs ws_vfs;
 #define BASE_VFS ((sqlite3_vfs *)ws_vfs.pAppData)
 #define REAL(f) (((ws_file *)(f))->real)
+/* How long a WAL restart waits for the durability point its checkpoint
+** asked for before copying the frames itself (vfs on_wal_header). */
+#define RESTART_WAIT_MS 10
 
 /* ---- logging into SQLite's error log ----------------------------------------- */
 static void log_to_sqlite(int level, const char *line) {
@@ -125,7 +128,7 @@ static void note_header(ws_file *f, const walidx_hdr *h) {
         wi.cur_state = SPOOL_WAL_OPEN;
     }
     spool_walinfo_set(sp, &wi);
-    shipper_nudge(f->sh);
+    shipper_nudge(f->sh, h->mx_frame);
 }
 
 /* The identity of the database file now (zeros if it cannot be read). */
@@ -231,6 +234,8 @@ static int materialize(ws_file *f, const wal_source *src, uint32_t salt1, uint32
                                  err.msg);
             return err.code == WALSHIP_ERR_NOSPACE ? SQLITE_FULL : SQLITE_IOERR_WRITE;
         }
+        spool_count_copy(sp, n, bytes);
+        WS_DEBUG("copy", "salt1=%08x first=%u n=%u", salt1, first, n);
         first += n;
         wrote = 1;
     }
@@ -255,7 +260,7 @@ static int materialize(ws_file *f, const wal_source *src, uint32_t salt1, uint32
     spool_walinfo_set(sp, &wi);
     if (wrote && spool_rotate(sp, &err) != 0)
         WS_WARN("spool_rotate_failed", "err=\"%s\"", err.msg);
-    shipper_nudge(f->sh);
+    shipper_nudge(f->sh, 0);
     return SQLITE_OK;
 }
 
@@ -301,7 +306,13 @@ static int on_wal_header(ws_file *w, const uint8_t *hdrbuf) {
     wal_source src = {.file = w->real, .fd = -1};
     uint32_t s1, s2;
     if (open_wal_salts(db, &src, &s1, &s2) == 0 && (s1 != nh.salt1 || s2 != nh.salt2)) {
-        int rc = materialize(db, &src, s1, s2, committed_mx(db, s1, s2), SPOOL_END_RESTART);
+        uint32_t mx = committed_mx(db, s1, s2);
+        /* The checkpoint before this restart asked the shipper for a
+        ** durability point; it is usually done or nearly so, and waiting a
+        ** little for it costs less than copying up to a whole WAL and
+        ** syncing the copy. */
+        shipper_wait_durable(db->sh, s1, s2, mx, RESTART_WAIT_MS);
+        int rc = materialize(db, &src, s1, s2, mx, SPOOL_END_RESTART);
         if (rc != SQLITE_OK) return rc;
         ws_kill_point("wal_end");
     }
@@ -510,9 +521,10 @@ static int wsShmLock(sqlite3_file *pFile, int offset, int n, int flags) {
     if (rc == SQLITE_OK && f->sh && offset == WALIDX_LOCK_CKPT && (flags & SQLITE_SHM_EXCLUSIVE)) {
         /* A checkpoint (or a recovery) by this connection: it writes the
         ** database file while it holds CKPT. */
-        if (flags & SQLITE_SHM_LOCK)
+        if (flags & SQLITE_SHM_LOCK) {
             dbfile_check(f);
-        else
+            shipper_sync_request(f->sh); /* before the restart that may follow */
+        } else
             dbfile_note(f->sh);
     }
     if (rc == SQLITE_OK && write_slot && (flags & SQLITE_SHM_LOCK)) {
