@@ -183,9 +183,7 @@ static void *worker_main(void *arg) {
         } else {
             heap_push(best); /* cannot fail: attach made room for every shipper */
         }
-        pthread_mutex_lock(&best->mu);
-        pthread_cond_broadcast(&best->cv);
-        pthread_mutex_unlock(&best->mu);
+        shipper_wake_waiters(best);
         if (retire) {
             pthread_mutex_unlock(&pool.mu);
             shipper_free(best);
@@ -391,6 +389,12 @@ void shipper_sync_request(shipper *sh) {
     pthread_mutex_unlock(&pool.mu);
 }
 
+void shipper_wake_waiters(shipper *sh) {
+    pthread_mutex_lock(&sh->mu);
+    pthread_cond_broadcast(&sh->cv);
+    pthread_mutex_unlock(&sh->mu);
+}
+
 int shipper_wait_durable(shipper *sh, uint32_t salt1, uint32_t salt2, uint32_t mx,
                          int64_t max_ms) {
     if (spool_shipper_pid(sh->sp) != (int)getpid()) return 0; /* not ours to wake */
@@ -406,8 +410,8 @@ int shipper_wait_durable(shipper *sh, uint32_t salt1, uint32_t salt2, uint32_t m
         }
         int64_t now = ws_mono_ms();
         if (now >= deadline) break;
-        struct timespec ts;
-        deadline_in(&ts, 1); /* the durability point is taken mid-step */
+        struct timespec ts; /* woken when a durability point is published */
+        deadline_in(&ts, deadline - now);
         pthread_cond_timedwait(&sh->cv, &sh->mu, &ts);
     }
     pthread_mutex_unlock(&sh->mu);

@@ -938,6 +938,7 @@ static int sync_point(shipper *sh, wserr *err) {
     ss->seg_synced_ntx = seg_writer_ntx(ss->segw);
     ss->seg_synced_mono = ws_mono_ms();
     spool_shipped_set(sh->sp, r.pos.salt1, r.pos.salt2, r.pos.frame);
+    shipper_wake_waiters(sh); /* a WAL restart may be waiting for this point */
     WS_DEBUG("sync_point", "db=%s salt1=%08x frame=%u asked=%d", sh->db_path, r.pos.salt1,
              r.pos.frame, since < SYNC_POINT_MS);
     ws_kill_point("seg_synced"); /* start-up must recover seg.tmp */

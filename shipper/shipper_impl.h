@@ -152,6 +152,10 @@ void ship_state_init(ship_state *ss);
 void ship_state_free(ship_state *ss);
 /* Runs one bounded step; returns the monotonic time it wants to run again. */
 int64_t ship_step(shipper *sh);
+
+/* Wakes threads waiting on sh->cv (shipper_flush, shipper_wait_durable):
+** after each step, and when a durability point is published mid-step. */
+void shipper_wake_waiters(shipper *sh);
 /* Nonzero if nothing recorded is waiting to be shipped. */
 int ship_idle(shipper *sh);
 

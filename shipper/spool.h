@@ -140,6 +140,7 @@ void spool_status_get(spool *sp, spool_status *out);
 uint32_t spool_flush_request(spool *sp);
 uint32_t spool_flush_requests(spool *sp);
 void spool_flush_done_set(spool *sp, uint32_t req);
+uint32_t spool_flush_done(spool *sp);
 
 /* A checkpoint is starting: the WAL may restart soon, and every committed
 ** frame the shipper has not made durable by then is copied into the spool
@@ -148,7 +149,6 @@ void spool_flush_done_set(spool *sp, uint32_t req);
 ** usual pace. */
 void spool_sync_request(spool *sp);
 uint32_t spool_sync_requests(spool *sp);
-uint32_t spool_flush_done(spool *sp);
 
 /* What the shipper put into the store since the spool's block was last
 ** built (its first user opened it): objects and their bytes, by kind; and
@@ -186,9 +186,10 @@ enum {
 void spool_flags_set(spool *sp, uint32_t flags);
 uint32_t spool_flags_get(spool *sp);
 
-/* Nonzero if some process holds the election lock now: a shipper lives. */
 /* The process id the shipper last published in its status (0 if none). */
 int spool_shipper_pid(spool *sp);
+
+/* Nonzero if some process holds the election lock now: a shipper lives. */
 int spool_shipper_alive(spool *sp);
 
 /* Election: try to become this database's shipper (non-blocking flock on
