@@ -417,8 +417,6 @@ typedef struct run_opts {
     int64_t count;
 } run_opts;
 
-/* One setup, one line of key=value results on stdout (see the header). */
-
 /* An integer field of PRAGMA walship_status (-1 if absent). */
 static int64_t status_int(sqlite3 *db, const char *key) {
     int64_t v = -1;
@@ -435,6 +433,7 @@ static int64_t status_int(sqlite3 *db, const char *key) {
     return v;
 }
 
+/* One setup, one line of key=value results on stdout (see the header). */
 static int run_one(const run_opts *o) {
     int is_walship = strcmp(o->setup, "walship") == 0, is_naive = strcmp(o->setup, "naive") == 0;
     if (!is_walship && !is_naive && strcmp(o->setup, "plain") != 0) {

@@ -26,6 +26,11 @@
 **     pid inside): refused at once naming that pid. Temp files of a restore
 **     that died, and its unlocked lock file, are removed by the next
 **     restore to the same output.
+**   - The output's disk fails (WALSHIP_FAULTS: EIO on the Nth write to the
+**     temp file, for every N until the restore needs fewer writes): each
+**     failing restore exits 1 naming the failed write and leaves nothing;
+**     the last write is the write-back cache's final flush, so both paths
+**     are covered, and the first N that no longer fails restores exactly.
 **
 ** ctest-labels: cli restore
 ** ctest-timeout: 300
@@ -210,6 +215,34 @@ static void test_quick_check(void) {
     no_leftovers(__LINE__);
 }
 
+static void test_disk_fails(void) {
+    char o[4100];
+    snprintf(o, sizeof o, "%s/diskfail.db", dir);
+    int failed = 0, n;
+    for (n = 0; n < 64; n++) {
+        int rc = db_capture(msg, sizeof msg,
+                            "WALSHIP_FAULTS='write:EIO,path=walship-tmp,after=%d' '%s' restore '%s' "
+                            "-o '%s' --quiet",
+                            n, ws_test_env("WALSHIP_BIN"), url, o);
+        if (rc == 0) break;
+        if (rc != 1) ws_test_fail(__FILE__, __LINE__, "after=%d: exit %d: %s", n, rc, msg);
+        CHECK_CONTAINS(msg, "write restored database");
+        CHECK_EQ(db_file_size(o), -1);
+        no_leftovers(__LINE__);
+        failed++;
+    }
+    fprintf(stderr, "   output disk failing: %d restores failed cleanly; with write %d failing, "
+                    "the restore needed fewer\n",
+            failed, n + 1);
+    CHECK(failed >= 2); /* at least a snapshot write and the final flush */
+    CHECK(n < 64);
+    char line[512];
+    ro_quick_check(o, line, sizeof line);
+    CHECK_STREQ(line, "ok");
+    CHECK_EQ(unlink(o), 0);
+    no_leftovers(__LINE__);
+}
+
 /* One holder mode: refused while it holds the output, its commit lands in
 ** the same file, then the restore goes through. */
 static void force_while_open(const char *mode) {
@@ -350,6 +383,7 @@ int main(int argc, char **argv) {
     RUN(test_force_while_open);
     RUN(test_sidecars);
     RUN(test_claims);
+    RUN(test_disk_fails);
     fprintf(stderr, "ok\n");
     return 0;
 }
