@@ -94,9 +94,15 @@ bad:
 
 static char kill_point[64];
 static _Atomic long kill_left;
+static int kill_sig; /* SIGKILL (WALSHIP_KILL_AT) or SIGSTOP (WALSHIP_STOP_AT) */
 
 static void init(void) {
     const char *k = getenv("WALSHIP_KILL_AT");
+    kill_sig = SIGKILL;
+    if (k == NULL || *k == '\0') {
+        k = getenv("WALSHIP_STOP_AT");
+        kill_sig = SIGSTOP;
+    }
     if (k && *k) {
         const char *c = strchr(k, ':');
         size_t n = c ? (size_t)(c - k) : strlen(k);
@@ -127,10 +133,14 @@ static int on(void) {
 void ws_kill_point(const char *point) {
     if (!on() || kill_point[0] == '\0' || strcmp(point, kill_point) != 0) return;
     if (atomic_fetch_sub(&kill_left, 1) == 1) {
-        static const char msg[] = "walship: WALSHIP_KILL_AT reached\n";
-        ssize_t w = write(STDERR_FILENO, msg, sizeof msg - 1);
+        static const char kmsg[] = "walship: WALSHIP_KILL_AT reached\n";
+        static const char smsg[] = "walship: WALSHIP_STOP_AT reached\n";
+        const char *msg = kill_sig == SIGKILL ? kmsg : smsg;
+        ssize_t w = write(STDERR_FILENO, msg, strlen(msg));
         (void)w;
-        raise(SIGKILL);
+        /* Sent to this thread, so it is the one that stops (with the
+        ** rest of the process) before going on; SIGCONT resumes here. */
+        raise(kill_sig);
     }
 }
 

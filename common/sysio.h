@@ -59,7 +59,9 @@ int ws_powerloss_apply(const char *dir);
 ** first) this process reaches ws_kill_point(POINT) it SIGKILLs itself, so a
 ** test can stop walship exactly between a record and the action it
 ** announces (the points are listed in docs/ARCHITECTURE.md section 3.2).
-** Unset, it costs one relaxed atomic load. */
+** WALSHIP_STOP_AT=POINT[:N] (when WALSHIP_KILL_AT is unset) SIGSTOPs the
+** process there instead, so a test can act in exactly that window and then
+** SIGCONT it. Unset, it costs one relaxed atomic load. */
 void ws_kill_point(const char *point);
 
 #endif

@@ -134,7 +134,7 @@ struct snapjob {
     pagemap map;
     uint32_t last_commit_size;
     int have_commit;
-    uint32_t hdr_db_pages; /* database size from page 1's header, 0 if unknown */
+    uint32_t hdr_db_pages; /* database size in page 1's header once placed, 0 if unknown */
     uint8_t *buf;
     size_t bufcap;
     int64_t start_ms;      /* when the job started (for the log) */
@@ -379,10 +379,7 @@ int snapjob_start(shipper *sh, int genstart, wserr *err) {
         snapjob_free(j);
         return 0;
     }
-    if (pgsz) {
-        uint32_t change = ws_get_be32(h100 + 24), valid_for = ws_get_be32(h100 + 92);
-        if (change == valid_for) j->hdr_db_pages = ws_get_be32(h100 + 28);
-    } else {
+    if (pgsz == 0) {
         /* A database not yet written: the WAL header has the page size. */
         int fd = open(sh->wal_path, O_RDONLY | O_CLOEXEC);
         uint8_t hb[WAL_HDR_SIZE];
@@ -421,6 +418,8 @@ int snapjob_start(shipper *sh, int genstart, wserr *err) {
     ss->snap = j;
     if (genstart) {
         int retry = 0;
+        /* Tests act here: the file was looked at, consumption not yet placed. */
+        ws_kill_point("genstart_place");
         rc = place_genstart(sh, j, &retry, err);
         if (rc || retry) {
             ss->snap = NULL;
@@ -490,12 +489,21 @@ static int copy_some(snapjob *j, wserr *err) {
 ** overlay will see writes them, so their value in the file is final. Growth
 ** after this comes from frames the overlay has, so the copy never chases a
 ** file that a busy database keeps growing: its work is bounded by the size
-** taken here. */
+** taken here.
+** The database's size in page 1's header is read here too, not when the job
+** opened the file: that checkpoint may have changed it in between, and a
+** generation start that folds no commit takes its size from it. */
 static int take_file_size(snapjob *j, wserr *err) {
     sqlite3_int64 fsize = 0;
     if (j->dbf->pMethods->xFileSize(j->dbf, &fsize) != SQLITE_OK)
         return wserr_set(err, WALSHIP_ERR_IO, "size of the database file for snapshot");
     uint64_t pages = (uint64_t)fsize / j->pgsz;
+    uint8_t h100[100];
+    j->hdr_db_pages = 0;
+    if (fsize >= 100 && j->dbf->pMethods->xRead(j->dbf, h100, 100, 0) == SQLITE_OK &&
+        sqlite_hdr_page_size(h100) == j->pgsz &&
+        ws_get_be32(h100 + 24) == ws_get_be32(h100 + 92))
+        j->hdr_db_pages = ws_get_be32(h100 + 28);
     if (pages <= j->file_pages) return 0;
     if (pages > 0x7fffffffu) return wserr_set(err, WALSHIP_ERR_CORRUPT, "database file too large");
     uint64_t *h = realloc(j->base_hash, (size_t)pages * sizeof *h);
@@ -685,8 +693,11 @@ int snapjob_step(shipper *sh, wserr *err) {
     uint32_t db_pages;
     uint64_t txid;
     if (j->genstart) {
+        /* No commit folded: the image is the file as placed, whose size
+        ** page 1 says (the file may be longer, never shorter). */
         db_pages = j->have_commit ? j->last_commit_size
-                                  : (j->hdr_db_pages ? j->hdr_db_pages : j->file_pages);
+                   : j->hdr_db_pages && j->hdr_db_pages <= j->file_pages ? j->hdr_db_pages
+                                                                         : j->file_pages;
         txid = ss->next_txid ? ss->next_txid : 1;
     } else {
         db_pages = ss->hs.r.db_pages;

@@ -138,3 +138,8 @@ const char *ws_test_env(const char *name) {
                      name);
     return v;
 }
+
+int ws_test_case_wanted(const char *name) {
+    const char *only = getenv("WALSHIP_TEST_CASE");
+    return only == NULL || *only == '\0' || strstr(name, only) != NULL;
+}

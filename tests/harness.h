@@ -89,12 +89,17 @@ void ws_test_skip(const char *why) __attribute__((noreturn));
                          h_ ? h_ : "(null)", n_);                              \
     } while (0)
 
-/* Runs one named subtest function, printing its name. */
+/* Runs one named subtest function, printing its name; with
+** WALSHIP_TEST_CASE=NAME set, only the subtests whose name contains NAME
+** (to repeat one case of a test in a loop). */
 #define RUN(fn)                                                                \
     do {                                                                       \
-        fprintf(stderr, "-- %s\n", #fn);                                       \
-        fn();                                                                  \
+        if (ws_test_case_wanted(#fn)) {                                        \
+            fprintf(stderr, "-- %s\n", #fn);                                   \
+            fn();                                                              \
+        }                                                                      \
     } while (0)
+int ws_test_case_wanted(const char *name);
 
 /* A fresh directory, removed at exit if the test passes. Owned by the harness. */
 const char *ws_test_tmpdir(void);

@@ -344,6 +344,10 @@ static void case_flaky(void) {
     }
     cur_faults = rules;
     writer w = start_writer(&k, "normal");
+    /* Faults begin once the writer runs: an open whose spool cannot be
+    ** created is refused, and a slow start (ASan, a busy machine) must not
+    ** meet one. */
+    wait_acked_past(&w, 0, __LINE__);
     drain_acks(&w, 200);
     int toggles = 0;
     for (int64_t until = ws_mono_ms() + 4000; ws_mono_ms() < until; toggles++) {
