@@ -58,7 +58,11 @@ int wserr_errno(wserr *err, int code, int errnum, const char *fmt, ...) {
     wserr_vset(err, code, fmt, ap);
     va_end(ap);
     size_t n = strlen(err->msg);
-    snprintf(err->msg + n, sizeof err->msg - n, ": %s", strerror(errnum));
+    /* Out of descriptors is the user's to fix: say how. */
+    const char *fix = errnum == EMFILE || errnum == ENFILE
+                          ? "; raise the open-file limit (ulimit -n, or LimitNOFILE= for a service)"
+                          : "";
+    snprintf(err->msg + n, sizeof err->msg - n, ": %s%s", strerror(errnum), fix);
     return code;
 }
 

@@ -85,6 +85,10 @@ int seg_writer_commit_tx(seg_writer *w, uint64_t txid, int64_t commit_ms, uint32
                          uint32_t npages, uint64_t post_chk, wserr *err);
 /* Ends the segment (no transaction may be open); fills *hdr_out with the
 ** header written. The caller fsyncs and closes fd. */
+/* Frees the pooled compressors (kept from closed segments for the next
+** ones) that no segment took since the previous call. Call it now and then
+** (the shipper's workers: every 10 s). */
+void seg_writer_pool_trim(void);
 int seg_writer_finish(seg_writer *w, const ws_walpos *resume, seg_header *hdr_out, wserr *err);
 /* A durability point for a segment still being written: flushes the
 ** compressed stream (every transaction so far becomes decodable) and writes

@@ -17,6 +17,7 @@
 ** fail but never read out of bounds or allocate without limit.
 */
 #include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -73,6 +74,56 @@ static int w_feed(seg_writer *w, const void *p, size_t n, ZSTD_EndDirective mode
     return 0;
 }
 
+/* Compressors of closed segments, kept for the next ones: a process with
+** many databases taking a trickle of writes opens and closes a segment per
+** commit, and a compressor's ~1.8 MiB allocated and freed each time leaves
+** the heap fragmented (measured: RSS three times the memory in use). At
+** most CCTX_POOL_MAX wait here; the rest are freed, and so are those no
+** segment took between two calls of seg_writer_pool_trim (idle costs
+** nothing). */
+#define CCTX_POOL_MAX 64
+static pthread_mutex_t cctx_pool_mu = PTHREAD_MUTEX_INITIALIZER;
+static ZSTD_CCtx *cctx_pool[CCTX_POOL_MAX]; /* a stack: taken from the top */
+static int cctx_pool_n;
+static int cctx_pool_low; /* the smallest cctx_pool_n since the last trim */
+
+static ZSTD_CCtx *cctx_take(void) {
+    ZSTD_CCtx *c = NULL;
+    pthread_mutex_lock(&cctx_pool_mu);
+    if (cctx_pool_n > 0) c = cctx_pool[--cctx_pool_n];
+    if (cctx_pool_n < cctx_pool_low) cctx_pool_low = cctx_pool_n;
+    pthread_mutex_unlock(&cctx_pool_mu);
+    if (c) {
+        ZSTD_CCtx_reset(c, ZSTD_reset_session_and_parameters);
+        return c;
+    }
+    return ZSTD_createCCtx();
+}
+
+static void cctx_give(ZSTD_CCtx *c) {
+    if (c == NULL) return;
+    pthread_mutex_lock(&cctx_pool_mu);
+    if (cctx_pool_n < CCTX_POOL_MAX) {
+        cctx_pool[cctx_pool_n++] = c;
+        c = NULL;
+    }
+    pthread_mutex_unlock(&cctx_pool_mu);
+    ZSTD_freeCCtx(c);
+}
+
+void seg_writer_pool_trim(void) {
+    ZSTD_CCtx *drop[CCTX_POOL_MAX];
+    pthread_mutex_lock(&cctx_pool_mu);
+    /* The bottom cctx_pool_low entries were not taken since the last trim. */
+    int k = cctx_pool_low;
+    memcpy(drop, cctx_pool, (size_t)k * sizeof *drop);
+    memmove(cctx_pool, cctx_pool + k, (size_t)(cctx_pool_n - k) * sizeof *cctx_pool);
+    cctx_pool_n -= k;
+    cctx_pool_low = cctx_pool_n;
+    pthread_mutex_unlock(&cctx_pool_mu);
+    for (int i = 0; i < k; i++) ZSTD_freeCCtx(drop[i]);
+}
+
 int seg_writer_open(int fd, uint32_t page_size, uint64_t db_id, uint64_t generation,
                     uint64_t first_txid, uint64_t pre_chk, uint32_t db_pages_before,
                     int zstd_level, seg_writer **out, wserr *err) {
@@ -84,7 +135,7 @@ int seg_writer_open(int fd, uint32_t page_size, uint64_t db_id, uint64_t generat
     w->fd = fd;
     w->outcap = ZSTD_CStreamOutSize();
     w->out = malloc(w->outcap);
-    w->cctx = ZSTD_createCCtx();
+    w->cctx = cctx_take();
     w->xxh = XXH3_createState();
     if (w->out == NULL || w->cctx == NULL || w->xxh == NULL) {
         seg_writer_free(w);
@@ -93,6 +144,12 @@ int seg_writer_open(int fd, uint32_t page_size, uint64_t db_id, uint64_t generat
     XXH3_64bits_reset(w->xxh);
     ZSTD_CCtx_setParameter(w->cctx, ZSTD_c_compressionLevel, zstd_level);
     ZSTD_CCtx_setParameter(w->cctx, ZSTD_c_checksumFlag, 1);
+    /* A 256 KiB window: database pages compress as well as in level 3's
+    ** 2 MiB (within 0.1% on a text table and on random blobs), and an open
+    ** segment holds ~1.8 MiB of compressor instead of ~3.5. A process with
+    ** thousands of databases taking a trickle of writes has one open per
+    ** database written in the last ship interval. */
+    ZSTD_CCtx_setParameter(w->cctx, ZSTD_c_windowLog, 18);
     w->h.page_size = page_size;
     w->h.generation = generation;
     w->h.db_id = db_id;
@@ -248,7 +305,7 @@ uint32_t seg_writer_ntx(const seg_writer *w) { return w->h.ntx; }
 
 void seg_writer_free(seg_writer *w) {
     if (w == NULL) return;
-    ZSTD_freeCCtx(w->cctx);
+    cctx_give(w->cctx);
     XXH3_freeState(w->xxh);
     free(w->out);
     free(w);

@@ -41,7 +41,7 @@ struct snap_writer {
     snap_chunk *chunks;
     size_t n, cap;
     uint8_t *ov;
-    size_t ov_len;
+    size_t ov_len, ov_cap;
     uint32_t ov_count;
     uint32_t ov_max;
     uint8_t *cbuf;
@@ -68,11 +68,10 @@ int snap_writer_open(int fd, uint32_t page_size, uint64_t db_id, uint64_t genera
     w->db_id = db_id;
     w->level = zstd_level;
     w->ov_max = SNAP_CHUNK_BYTES / (4 + page_size);
-    w->ov = malloc(SNAP_CHUNK_BYTES);
-    w->ccap = ZSTD_compressBound(SNAP_CHUNK_BYTES);
-    w->cbuf = malloc(w->ccap);
+    /* The overlay and compression buffers grow to what the chunks need (up
+    ** to SNAP_CHUNK_BYTES): a small database's snapshot stays small. */
     w->cctx = ZSTD_createCCtx();
-    if (w->ov == NULL || w->cbuf == NULL || w->cctx == NULL) {
+    if (w->cctx == NULL) {
         snap_writer_free(w);
         return wserr_set(err, WALSHIP_ERR_NOMEM, "out of memory");
     }
@@ -99,6 +98,13 @@ static int add_chunk(snap_writer *w, uint32_t kind, uint32_t first, uint32_t cou
         if (c == NULL) return wserr_set(err, WALSHIP_ERR_NOMEM, "out of memory");
         w->chunks = c;
         w->cap = cap;
+    }
+    size_t bound = ZSTD_compressBound(ulen);
+    if (w->ccap < bound) {
+        uint8_t *b = realloc(w->cbuf, bound);
+        if (b == NULL) return wserr_set(err, WALSHIP_ERR_NOMEM, "out of memory");
+        w->cbuf = b;
+        w->ccap = bound;
     }
     size_t clen = ZSTD_compressCCtx(w->cctx, w->cbuf, w->ccap, data, ulen, w->level);
     if (ZSTD_isError(clen))
@@ -135,6 +141,16 @@ static int flush_overlay(snap_writer *w, wserr *err) {
 
 int snap_writer_overlay(snap_writer *w, uint32_t pgno, const uint8_t *page, wserr *err) {
     if (pgno == 0) return wserr_set(err, WALSHIP_ERR_INVALID, "snapshot: overlay page 0");
+    size_t need = w->ov_len + 4 + (size_t)w->page_size;
+    if (w->ov_cap < need) {
+        size_t cap = w->ov_cap ? w->ov_cap * 2 : (size_t)64 << 10;
+        while (cap < need) cap *= 2;
+        if (cap > SNAP_CHUNK_BYTES) cap = SNAP_CHUNK_BYTES;
+        uint8_t *b = realloc(w->ov, cap);
+        if (b == NULL) return wserr_set(err, WALSHIP_ERR_NOMEM, "out of memory");
+        w->ov = b;
+        w->ov_cap = cap;
+    }
     ws_put_be32(w->ov + w->ov_len, pgno);
     memcpy(w->ov + w->ov_len + 4, page, w->page_size);
     w->ov_len += 4 + (size_t)w->page_size;

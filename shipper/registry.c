@@ -38,7 +38,8 @@ static struct {
     pthread_t threads[MAX_THREADS];
     int nthreads;
     int shutdown;
-} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, NULL, 0, 0, {0}, 0, 0};
+    int64_t trimmed_mono; /* last seg_writer_pool_trim */
+} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, NULL, 0, 0, {0}, 0, 0, 0};
 
 /* ---- the due-time heap (pool.mu held) ----------------------------------- */
 static void heap_swap(int a, int b) {
@@ -159,6 +160,10 @@ static void *worker_main(void *arg) {
     pthread_mutex_lock(&pool.mu);
     while (!pool.shutdown) {
         int64_t now = ws_mono_ms();
+        if (now - pool.trimmed_mono >= 10000) {
+            pool.trimmed_mono = now;
+            seg_writer_pool_trim();
+        }
         if (pool.nheap == 0 || pool.heap[0]->due_mono > now) {
             int64_t wait = pool.nheap ? pool.heap[0]->due_mono - now : 1000;
             if (wait > 1000) wait = 1000;

@@ -2,7 +2,8 @@
 ** ship.c -- one database's shipping work, as bounded steps.
 **
 ** A step (run by a pool worker, see registry.c) does, in order:
-**   1. election: only the process holding <spool>/lock ships;
+**   1. election: only the process holding the election lock (byte 1 of
+**      <spool>/ctl) ships;
 **   2. start-up (once): load the durable state, redo queued segments into
 **      the page hashes, check continuity, or start a new generation;
 **   3. consumption: read spool records from the resume position and the
@@ -331,26 +332,45 @@ static int consume_frame(shipper *sh, const uint8_t *frame, uint32_t index, wser
 }
 
 /* ---- the WAL file ------------------------------------------------------------ */
-static int wal_fd_current(shipper *sh) {
+/* Opens the WAL file now in place (again, if it was replaced or released).
+** Returns 0, 1 if there is no WAL file (nothing to read: quiet), or a
+** walship error: a descriptor that cannot be had (EMFILE, say) is an error
+** the status shows, never a WAL taken for gone. */
+static int wal_fd_current(shipper *sh, wserr *err) {
     ship_state *ss = &sh->ss;
     struct stat st;
     if (stat(sh->wal_path, &st) != 0) {
         if (ss->wal_fd >= 0) close(ss->wal_fd);
         ss->wal_fd = -1;
-        return -1;
+        return 1;
     }
     if (ss->wal_fd >= 0 && st.st_dev == ss->wal_dev && st.st_ino == ss->wal_ino) return 0;
     if (ss->wal_fd >= 0) close(ss->wal_fd);
     ss->wal_fd = open(sh->wal_path, O_RDONLY | O_CLOEXEC);
-    if (ss->wal_fd < 0) return -1;
-    if (fstat(ss->wal_fd, &st) != 0) {
-        close(ss->wal_fd);
+    if (ss->wal_fd < 0 || fstat(ss->wal_fd, &st) != 0) {
+        int e = errno;
+        if (ss->wal_fd >= 0) close(ss->wal_fd);
         ss->wal_fd = -1;
-        return -1;
+        if (e == ENOENT) return 1;
+        return -wserr_errno(err, wserr_from_errno(e), e, "open %s", sh->wal_path);
     }
     ss->wal_dev = st.st_dev;
     ss->wal_ino = st.st_ino;
     return 0;
+}
+
+/* Between segments: what an idle database can do without until work comes
+** (its descriptors and read buffers), so thousands of them cost little. */
+static void release_idle(shipper *sh) {
+    ship_state *ss = &sh->ss;
+    if (ss->wal_fd >= 0) close(ss->wal_fd);
+    ss->wal_fd = -1;
+    spool_reader_release(sh->sp);
+    shipstate_release(&ss->hs);
+    free(ss->framebuf);
+    ss->framebuf = NULL;
+    ss->framebuf_cap = 0;
+    wsbuf_free(&ss->recbuf);
 }
 
 static wal_hdr cur_wal_hdr(const ship_state *ss) {
@@ -368,7 +388,8 @@ static wal_hdr cur_wal_hdr(const ship_state *ss) {
 int ship_read_wal_frames(shipper *sh, uint32_t upto, wserr *err) {
     ship_state *ss = &sh->ss;
     if (!ss->cur_known || (ss->cur.flags & WS_WALPOS_ENDED) || upto <= ss->cur.frame) return 0;
-    if (wal_fd_current(sh) != 0) return 0;
+    int w = wal_fd_current(sh, err);
+    if (w != 0) return w < 0 ? -w : 0;
     uint8_t hb[WAL_HDR_SIZE];
     wal_hdr h;
     if (ws_pread_full(ss->wal_fd, hb, sizeof hb, 0) != (ssize_t)sizeof hb ||
@@ -378,6 +399,9 @@ int ship_read_wal_frames(shipper *sh, uint32_t upto, wserr *err) {
     size_t fsz = WAL_FRAME_HDR_SIZE + (size_t)ss->page_size;
     uint32_t per = (uint32_t)((1u << 20) / fsz);
     if (per == 0) per = 1;
+    /* Up to 1 MiB per read, but no more than this read needs: a database
+    ** taking a trickle of commits reads a frame or two. */
+    if (upto - ss->cur.frame < per) per = upto - ss->cur.frame;
     if (ss->framebuf_cap < per * fsz) {
         uint8_t *b = realloc(ss->framebuf, per * fsz);
         if (b == NULL) return wserr_set(err, WALSHIP_ERR_NOMEM, "out of memory");
@@ -1797,7 +1821,7 @@ static void enter_discard(shipper *sh, int kind, const char *why) {
     /* A restart must not take up the dropped history again. */
     memset(&ss->rec, 0, sizeof ss->rec);
     wserr e2 = {0};
-    if (ss->hs.fd >= 0 && shipstate_save(&ss->hs, &ss->rec, &e2) != 0)
+    if (ss->hs.path && shipstate_save(&ss->hs, &ss->rec, &e2) != 0)
         WS_WARN("discard_state_failed", "db=%s err=\"%s\"", sh->db_path, e2.msg);
     set_error(sh, why);
     spool_flags_set(sh->sp, SPOOL_ST_DISCARDING | (kind == DISCARD_OWNER ? SPOOL_ST_PERMANENT : 0));
@@ -2013,6 +2037,11 @@ int64_t ship_step(shipper *sh) {
         ss->trimmed_seq = ss->rec.pos.log_seq;
     }
     publish_status(sh);
+    /* Between segments, a database holds no descriptor or buffer it can
+    ** have again when work comes: thousands of databases in one process
+    ** then cost about two descriptors each (the spool's control file and
+    ** log), not eight. */
+    if (ss->segw == NULL && ss->snap == NULL && !ss->tx_open) release_idle(sh);
 
     /* When to come back. */
     if (ss->segw && !ss->tx_open) {

@@ -113,6 +113,8 @@ int shipstate_open(shipstate *ss, const char *dir, ship_record *rec, int *have, 
     char path[PATH_MAX];
     if (snprintf(path, sizeof path, "%s/state", dir) >= (int)sizeof path)
         return wserr_set(err, WALSHIP_ERR_INVALID, "spool path too long");
+    ss->fd = -1;
+    if ((ss->path = strdup(path)) == NULL) return wserr_set(err, WALSHIP_ERR_NOMEM, "out of memory");
     ss->fd = ws_sys_open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     if (ss->fd < 0) return wserr_errno(err, wserr_from_errno(errno), errno, "open %s", path);
     uint8_t slots[2 * SLOT_SIZE];
@@ -173,10 +175,16 @@ int shipstate_peek(const char *dir, ship_record *rec) {
     return 0;
 }
 
+void shipstate_release(shipstate *ss) {
+    if (ss->fd >= 0) close(ss->fd);
+    ss->fd = -1;
+}
+
 void shipstate_close(shipstate *ss) {
     if (ss->fd >= 0) close(ss->fd);
     ws_rolling_free(&ss->r);
     free(ss->dirty);
+    free(ss->path);
     memset(ss, 0, sizeof *ss);
     ss->fd = -1;
 }
@@ -211,6 +219,12 @@ static int write_run(shipstate *ss, uint32_t first, uint32_t last, uint8_t *scra
 
 int shipstate_save(shipstate *ss, const ship_record *rec, wserr *err) {
     enum { RUN = 8192 };
+    if (ss->fd < 0) {
+        if (ss->path == NULL) return wserr_set(err, WALSHIP_ERR_STATE, "shipper state not open");
+        ss->fd = ws_sys_open(ss->path, O_RDWR | O_CLOEXEC, 0644);
+        if (ss->fd < 0)
+            return wserr_errno(err, wserr_from_errno(errno), errno, "open %s", ss->path);
+    }
     uint8_t *scratch = malloc(RUN * 8);
     if (scratch == NULL) return wserr_set(err, WALSHIP_ERR_NOMEM, "out of memory");
     int bad = 0;

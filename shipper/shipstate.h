@@ -51,7 +51,8 @@ typedef struct ship_record {
 } ship_record;
 
 typedef struct shipstate {
-    int fd;
+    int fd;          /* -1 between saves of an idle database (shipstate_release) */
+    char *path;      /* dir/state */
     uint64_t seq;    /* sequence of the slot last written */
     ws_rolling r;    /* live page hashes, database size and checksum */
     uint32_t *dirty; /* pages whose hash changed since the last save */
@@ -63,6 +64,9 @@ typedef struct shipstate {
 ** when a valid record exists; then r holds its hashes, size and checksum. */
 int shipstate_open(shipstate *ss, const char *dir, ship_record *rec, int *have, wserr *err);
 void shipstate_close(shipstate *ss);
+/* Closes the file until the next save reopens it (an idle database holds
+** no descriptor it can open again). */
+void shipstate_release(shipstate *ss);
 
 /* Reads just the newest valid record of dir/state (no hashes), for status
 ** readers in any process. Returns 0 if there is one. */

@@ -460,7 +460,9 @@ int snapjob_start(shipper *sh, int genstart, wserr *err) {
 static int copy_some(snapjob *j, wserr *err) {
     uint32_t per_chunk = SNAP_CHUNK_BYTES / j->pgsz;
     uint64_t budget = COPY_BYTES_PER_STEP;
-    if (ensure_buf(j, SNAP_CHUNK_BYTES)) return wserr_set(err, WALSHIP_ERR_NOMEM, "out of memory");
+    if (j->file_pages < per_chunk) per_chunk = j->file_pages ? j->file_pages : 1;
+    if (ensure_buf(j, (size_t)per_chunk * j->pgsz))
+        return wserr_set(err, WALSHIP_ERR_NOMEM, "out of memory");
     while (j->next_pgno <= j->file_pages && budget > 0) {
         uint32_t n = j->file_pages - j->next_pgno + 1;
         if (n > per_chunk) n = per_chunk;

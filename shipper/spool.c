@@ -23,7 +23,7 @@
 #include "../common/sysio.h"
 
 #define CTL_MAGIC 0x57534354u /* "WSCT" */
-#define CTL_VERSION 2u
+#define CTL_VERSION 3u /* 3: the election moved from the lock file to ctl */
 #define CTL_SIZE 4096
 #define ROTATE_BYTES ((uint64_t)4 << 20)
 
@@ -81,7 +81,7 @@ struct spool {
     /* the consumer's reader: touched only by the shipper task */
     spool_reader rd;
     /* election */
-    int lock_fd;
+    _Atomic int elected; /* this object holds the election lock (ELECT_BYTE of ctl) */
 };
 
 #define RLX memory_order_relaxed
@@ -367,7 +367,7 @@ int spool_open(const char *dir, spool **out, wserr *err) {
     *out = NULL;
     spool *sp = calloc(1, sizeof *sp);
     if (sp == NULL) return wserr_set(err, WALSHIP_ERR_NOMEM, "out of memory");
-    sp->ctl_fd = sp->wr_fd = sp->rd.fd = sp->lock_fd = -1;
+    sp->ctl_fd = sp->wr_fd = sp->rd.fd = -1;
     sp->dir = strdup(dir);
     int rc = 0;
     if (sp->dir == NULL) {
@@ -430,7 +430,6 @@ void spool_close(spool *sp) {
     if (sp->ctl_fd >= 0) close(sp->ctl_fd);
     if (sp->wr_fd >= 0) close(sp->wr_fd);
     spool_reader_close(&sp->rd);
-    if (sp->lock_fd >= 0) close(sp->lock_fd);
     free(sp->dir);
     free(sp);
 }
@@ -582,6 +581,8 @@ void spool_reader_close(spool_reader *rd) {
     memset(rd, 0, sizeof *rd);
     rd->fd = -1;
 }
+
+void spool_reader_release(spool *sp) { spool_reader_close(&sp->rd); }
 
 /* read_rec_at through the reader's read-ahead: a busy WAL appends a 48-byte
 ** watermark per commit, and reading them a chunk at a time instead of with
@@ -816,36 +817,37 @@ uint32_t spool_flags_get(spool *sp) { return atomic_load(&sp->ctl->st_flags); }
 
 int spool_shipper_pid(spool *sp) { return (int)atomic_load_explicit(&sp->ctl->st_pid, RLX); }
 
+/* The election is an OFD write lock on byte ELECT_BYTE of ctl, taken through
+** the ctl descriptor every user of the spool holds anyway (no descriptor of
+** its own). OFD locks belong to the open file description: another spool
+** object's conflicts with it even inside the holder's process, and closing
+** some other descriptor of the file does not drop it. */
+#define ELECT_BYTE 1
+
+static int elect_lock(spool *sp, short type, int cmd) {
+    struct flock fl = {.l_type = type, .l_whence = SEEK_SET, .l_start = ELECT_BYTE, .l_len = 1};
+    int rc = fcntl(sp->ctl_fd, cmd, &fl);
+    if (rc == 0 && cmd == F_OFD_GETLK) return fl.l_type != F_UNLCK;
+    return rc;
+}
+
 int spool_shipper_alive(spool *sp) {
-    char path[PATH_MAX];
-    if (snprintf(path, sizeof path, "%s/lock", sp->dir) >= (int)sizeof path) return 0;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return 0;
-    /* flock locks belong to open file descriptions: a fresh one conflicts
-    ** with the holder's even inside the holder's own process. */
-    int held = flock(fd, LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK;
-    close(fd);
-    return held;
+    if (sp->elected) return 1;
+    return elect_lock(sp, F_WRLCK, F_OFD_GETLK) == 1;
 }
 
 int spool_try_elect(spool *sp, wserr *err) {
-    if (sp->lock_fd < 0) {
-        char path[PATH_MAX];
-        if (snprintf(path, sizeof path, "%s/lock", sp->dir) >= (int)sizeof path)
-            return -wserr_set(err, WALSHIP_ERR_INVALID, "spool path too long");
-        sp->lock_fd = ws_sys_open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-        if (sp->lock_fd < 0)
-            return -wserr_errno(err, wserr_from_errno(errno), errno, "open %s", path);
+    if (sp->elected) return 1;
+    if (elect_lock(sp, F_WRLCK, F_OFD_SETLK) == 0) {
+        sp->elected = 1;
+        return 1;
     }
-    if (flock(sp->lock_fd, LOCK_EX | LOCK_NB) == 0) return 1;
-    if (errno == EWOULDBLOCK) return 0;
-    return -wserr_errno(err, WALSHIP_ERR_IO, errno, "lock %s/lock", sp->dir);
+    if (errno == EAGAIN || errno == EACCES) return 0;
+    return -wserr_errno(err, WALSHIP_ERR_IO, errno, "lock %s/ctl (shipper election)", sp->dir);
 }
 
 void spool_unelect(spool *sp) {
-    if (sp->lock_fd >= 0) {
-        flock(sp->lock_fd, LOCK_UN);
-        close(sp->lock_fd);
-        sp->lock_fd = -1;
-    }
+    if (!sp->elected) return;
+    elect_lock(sp, F_UNLCK, F_OFD_SETLK);
+    sp->elected = 0;
 }

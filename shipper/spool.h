@@ -6,7 +6,8 @@
 **   ctl                 shared control block, mmap'd by every process using
 **                       the database (host byte order, never copied elsewhere)
 **   log-<16 hex seq>    append-only record files (format/spoolrec.h)
-**   lock                the shipper election lock (flock)
+**   (ctl's byte 1 carries the shipper election: an OFD write lock; older
+**   builds used a `lock` file, left alone)
 **   (the shipper keeps its own files here too: state, pagehash, queue/)
 **
 ** Concurrency. Records are appended only by a VFS connection that holds the
@@ -113,6 +114,10 @@ typedef struct spool_reader {
     uint64_t ra_off;
 } spool_reader;
 void spool_reader_close(spool_reader *rd);
+/* Closes the shipper's reader until the next spool_read reopens it (an idle
+** database holds no descriptor it can open again). Only from the thread
+** running the shipper's step. */
+void spool_reader_release(spool *sp);
 
 /* Reads the record at *pos into buf and decodes it into rec, moving *pos past
 ** it (and across file boundaries). Returns 1 for a record, 0 at the
@@ -192,8 +197,9 @@ int spool_shipper_pid(spool *sp);
 /* Nonzero if some process holds the election lock now: a shipper lives. */
 int spool_shipper_alive(spool *sp);
 
-/* Election: try to become this database's shipper (non-blocking flock on
-** dir/lock). Returns 1 if this process now holds it, 0 if another does. */
+/* Election: try to become this database's shipper (a non-blocking OFD write
+** lock on byte 1 of dir/ctl, through the ctl descriptor: no descriptor of its
+** own). Returns 1 if this spool object now holds it, 0 if another does. */
 int spool_try_elect(spool *sp, wserr *err);
 void spool_unelect(spool *sp);
 

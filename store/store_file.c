@@ -189,12 +189,6 @@ static int fs_fail(const file_store *fs, wserr *err, int errnum, const char *wha
                            "cannot %s %.300s (was the store directory %.300s removed or "
                            "unmounted?)",
                            what, path, fs->root);
-    case EMFILE:
-    case ENFILE:
-        return wserr_errno(err, WALSHIP_ERR_IO, errnum,
-                           "cannot %s %.300s: too many open files; raise the limit "
-                           "(ulimit -n)",
-                           what, path);
     case ENOMEM: return wserr_errno(err, WALSHIP_ERR_NOMEM, errnum, "cannot %s %.300s", what, path);
     default: return wserr_errno(err, WALSHIP_ERR_IO, errnum, "cannot %s %.300s", what, path);
     }

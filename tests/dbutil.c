@@ -279,14 +279,15 @@ void db_spool_dir(const char *db_path, char *out, size_t n) {
 
 int db_hold_ship_lock(const char *spool_dir, int timeout_ms) {
     char path[4200];
-    snprintf(path, sizeof path, "%s/lock", spool_dir);
+    snprintf(path, sizeof path, "%s/ctl", spool_dir);
     int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     if (fd < 0) ws_test_fail(__FILE__, __LINE__, "open %s: %s", path, strerror(errno));
     int64_t deadline = ws_mono_ms() + timeout_ms;
     for (;;) {
-        if (flock(fd, LOCK_EX | LOCK_NB) == 0) return fd;
-        if (errno != EWOULDBLOCK)
-            ws_test_fail(__FILE__, __LINE__, "flock %s: %s", path, strerror(errno));
+        struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 1, .l_len = 1};
+        if (fcntl(fd, F_OFD_SETLK, &fl) == 0) return fd;
+        if (errno != EAGAIN && errno != EACCES)
+            ws_test_fail(__FILE__, __LINE__, "lock %s: %s", path, strerror(errno));
         if (ws_mono_ms() >= deadline) break;
         ws_sleep_ms(10); /* polling a lock another process holds */
     }

@@ -73,8 +73,8 @@ int child_wait(pid_t pid);
 /* The spool directory of db_path at its default place, "<db_path>-walship". */
 void db_spool_dir(const char *db_path, char *out, size_t n);
 
-/* Takes the shipper election lock of a spool (an exclusive flock on
-** <spool_dir>/lock, created if needed), retrying until timeout_ms passes:
+/* Takes the shipper election lock of a spool (an exclusive OFD lock on byte
+** 1 of <spool_dir>/ctl), retrying until timeout_ms passes:
 ** while the caller holds it no process is elected, so nothing ships.
 ** Returns the descriptor (close it to release the lock) or -1 on timeout. */
 int db_hold_ship_lock(const char *spool_dir, int timeout_ms);

@@ -3,7 +3,7 @@
 ** truncates and deletes its WAL, while nothing ships, then a drain.
 **
 ** A first generation is shipped normally. Then the test process takes the
-** shipper election lock (<spool>/lock) itself, so no process is elected and
+** shipper election lock (byte 1 of <spool>/ctl) itself, so no process is elected and
 ** every commit stays in the WAL or in the spool, and runs a random workload
 ** through the walship VFS with, between transactions:
 **   - PASSIVE, FULL, RESTART and TRUNCATE checkpoints (sqlite3_wal_checkpoint_v2);
@@ -160,7 +160,7 @@ int main(void) {
 
     /* Once this process's shipper retires it lets go of the election lock. */
     int lockfd = db_hold_ship_lock(spooldir, 60000);
-    if (lockfd < 0) ws_test_fail(__FILE__, __LINE__, "the shipper never released %s/lock", spooldir);
+    if (lockfd < 0) ws_test_fail(__FILE__, __LINE__, "the shipper never released the election lock of %s", spooldir);
     uint64_t first1, last1;
     db_txid_range(url, &first1, &last1);
     CHECK_U64_EQ(first1, first0);

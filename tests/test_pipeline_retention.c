@@ -165,7 +165,7 @@ int main(void) {
     ** still. */
     sqlite3_close(db);
     int lockfd = db_hold_ship_lock(spool, 60000);
-    if (lockfd < 0) ws_test_fail(__FILE__, __LINE__, "the shipper never released %s/lock", spool);
+    if (lockfd < 0) ws_test_fail(__FILE__, __LINE__, "the shipper never released the election lock of %s", spool);
     const int64_t x = ws_now_ms();
     load_view(url, &v);
     const uint64_t base = v.snap_txid[0];
