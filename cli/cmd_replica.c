@@ -12,7 +12,7 @@
 **   format (GET /status: JSON).
 **
 ** IMPLEMENTATION NOTES
-**   The replica runs in the main thread (restore/replica.h). The metrics
+**   The replica runs in the main thread (replica/replica.h). The metrics
 **   endpoint is one more thread: a small poll()-based responder that only
 **   listens on the loopback address, reads a request line, answers from a
 **   copy of the replica's status and closes the connection. A self-pipe
@@ -35,7 +35,7 @@
 #include "cli.h"
 #include "common/log.h"
 #include "common/util.h"
-#include "restore/replica.h"
+#include "replica/replica.h"
 #include "store/store.h"
 
 static volatile sig_atomic_t stop_requested;

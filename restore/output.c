@@ -170,7 +170,7 @@ static int check_out_path(const restore_opts *o, char *dir, size_t dirn, wserr *
 }
 
 /* Nonzero if a `walship replica` process holds its lock for this path
-** (restore/replica.c: PATH-walship-replica/lock, flock for its lifetime). */
+** (replica/replica.c: PATH-walship-replica/lock, flock for its lifetime). */
 static int replica_running(const char *out) {
     char lock[PATH_MAX];
     if (snprintf(lock, sizeof lock, "%s-walship-replica/lock", out) >= (int)sizeof lock) return 0;

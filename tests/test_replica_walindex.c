@@ -1,5 +1,5 @@
 /*
-** test_replica_walindex.c -- the wal-index writer (restore/walindex.c)
+** test_replica_walindex.c -- the wal-index writer (replica/walindex.c)
 ** against real SQLite readers in other processes.
 **
 ** A source database takes bank transfers through SQLite; after each one its
@@ -19,7 +19,7 @@
 #include <sqlite3.h>
 
 #include "replica_testlib.h"
-#include "restore/walindex.h"
+#include "replica/walindex.h"
 
 #define NACCOUNTS 200
 #define TOTAL (NACCOUNTS * 1000)

@@ -3,7 +3,7 @@
 ** wal-index, the way SQLite's own writer does, so that readers in any
 ** process see each transaction whole or not at all.
 **
-** The replica (replica.c) is the only user. It never writes through SQLite:
+** The replica (replica/) is the only user. It never writes through SQLite:
 ** it takes the WAL write lock with the database connection's own xShmLock,
 ** writes frames to the -wal file with its own descriptor, appends the
 ** page-number array and hash table entries in the mapped wal-index, and

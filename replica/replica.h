@@ -21,7 +21,7 @@
 **               poll), download new segments, verify every transaction's
 **               rolling checksum, and append each transaction to the
 **               replica's WAL and wal-index as SQLite's writer would
-**               (restore/walindex.h): readers see it whole or not at all;
+**               (replica/walindex.h): readers see it whole or not at all;
 **   checkpoint  passive checkpoints and WAL restarts, only when no reader
 **               needs the old frames (a long reader makes the WAL grow);
 **   switch      a new generation, a divergence (checksum mismatch) or a
