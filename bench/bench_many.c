@@ -19,8 +19,10 @@
 **    the descriptors the N databases hold (idle, every segment closed).
 ** Prints one line:
 **   result= dbs=N open_errors=E flushed=F/N sqlite_fds_per_db=A
-**   fds_per_db=B walship_fds_per_db=B-A rss_mib=M (at the end)
-**   rss_trickle_mib=M2 (at the end of the trickle) trickle_commits=C
+**   fds_per_db=B walship_fds_per_db=B-A rss_trickle_mib=M1 (at the end of
+**   the trickle) rss_idle_mib=M2 heap_mib=H (in use, glibc's count)
+**   sqlite_heap_mib=S (SQLite's part of it) rss_trimmed_mib=M3 (after
+**   malloc_trim) trickle_commits=C
 **   trickle_flushed=F2/N idle_cpu_pct=P open_secs=T
 ** The open-file limit is raised to what N databases need when the hard
 ** limit allows it (as root it is raised too); exit 1 if a database could
@@ -195,18 +197,19 @@ int main(int argc, char **argv) {
     double idle_pct = idle > 0 ? 100.0 * (cpu_s() - c0) / (now_s() - w0) : 0;
     int fds = count_fds() - fd0; /* idle: no segment open */
     double per = (double)fds / n;
+    /* RSS keeps heap memory freed but not given back to the system; the
+    ** heap in use (glibc's count) and RSS after malloc_trim say the rest. */
+    double rss_idle = rss_mib();
     struct mallinfo2 mi = mallinfo2();
-    double rss_before_trim = rss_mib();
+    double heap = (double)(mi.uordblks + mi.hblkhd) / 1048576.0;
+    double sqlite_heap = (double)sqlite3_memory_used() / 1048576.0;
     malloc_trim(0);
-    fprintf(stderr, "bench_many: rss %.0f MiB, after malloc_trim %.0f MiB\n", rss_before_trim, rss_mib());
-    fprintf(stderr, "bench_many: heap in use %.0f MiB (mmapped %.0f MiB), sqlite %.0f MiB\n",
-            (double)(mi.uordblks + mi.hblkhd) / 1048576.0, (double)mi.hblkhd / 1048576.0,
-            (double)sqlite3_memory_used() / 1048576.0);
     printf("result= dbs=%d open_errors=%d flushed=%d/%d sqlite_fds_per_db=%.2f fds_per_db=%.2f "
-           "walship_fds_per_db=%.2f rss_mib=%.0f rss_trickle_mib=%.0f trickle_commits=%d trickle_flushed=%d/%d "
+           "walship_fds_per_db=%.2f rss_trickle_mib=%.0f rss_idle_mib=%.0f heap_mib=%.0f "
+           "sqlite_heap_mib=%.0f rss_trimmed_mib=%.0f trickle_commits=%d trickle_flushed=%d/%d "
            "idle_cpu_pct=%.2f open_secs=%.1f\n",
-           n, open_errors, flushed, n, sqlite_per, per, per - sqlite_per, rss_mib(), rss_trickle, commits,
-           trickle_flushed, n, idle_pct, open_secs);
+           n, open_errors, flushed, n, sqlite_per, per, per - sqlite_per, rss_trickle, rss_idle,
+           heap, sqlite_heap, rss_mib(), commits, trickle_flushed, n, idle_pct, open_secs);
     fflush(stdout);
     for (int i = 0; i < n; i++) {
         sqlite3_close(dbs[i]);

@@ -152,7 +152,9 @@ static void test_following(void) {
              t0 + 1, t0 + 40);
     tt_path(&other, other.seg[0], from, sizeof from);
     tt_path(&s, key, to, sizeof to);
-    CHECK_EQ(ws_test_system("cp '%s' '%s'", from, to), 0);
+    /* copied whole into place, as a store shows objects (a listing must
+    ** never catch it half written: that is damage, counted as such) */
+    CHECK_EQ(ws_test_system("cp '%s' '%s.tmp' && mv '%s.tmp' '%s'", from, to, to, to), 0);
     tt_wait_replica_status(rdb, "not part of this history");
     CHECK_EQ(rt_status_u64(rdb, "applied_txid"), t0);
     CHECK_EQ(rt_status_u64(rdb, "corrupt_objects"), 0);
@@ -164,8 +166,9 @@ static void test_following(void) {
     CHECK_EQ(unlink(to), 0);
 
     /* another database's newer generation, and an impossible snapshot name */
-    CHECK_EQ(ws_test_system("cp -a '%s/generations/%016" PRIx64 "' '%s/generations/'", other.dir,
-                            other.gen, s.dir),
+    CHECK_EQ(ws_test_system("cp -a '%s/generations/%016" PRIx64 "' '%s/gen.tmp' && "
+                            "mv '%s/gen.tmp' '%s/generations/%016" PRIx64 "'",
+                            other.dir, other.gen, s.dir, s.dir, s.dir, other.gen),
              0);
     snprintf(key, sizeof key, "generations/%016" PRIx64 "/snapshots/ffffffffffffffff.snap",
              full.gen);
