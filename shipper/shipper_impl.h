@@ -94,6 +94,8 @@ typedef struct ship_state {
     spool_pos uploaded;
 
     snapjob *snap;
+    sqlite3_file *dbf;         /* ship_base_file's handle, NULL until used */
+    spool_status published;    /* what publish_status last wrote (heartbeat aside) */
     char gen_reason[SPOOL_ERR_MAX]; /* why the next/current generation began (status) */
     int64_t next_retention_mono;
     uint64_t marked_gen;       /* generation whose ownership marker is known written */
@@ -182,8 +184,14 @@ int ship_save_state(shipper *sh, wserr *err);
 /* Closes the open segment (if any) into the queue; fails inside a transaction. */
 int ship_close_segment_if_open(shipper *sh, wserr *err);
 int ship_enqueue(shipper *sh, const char *tmp_path, const queued *q, wserr *err);
-int ship_open_base_file(shipper *sh, sqlite3_file **out, wserr *err);
-void ship_close_base_file(sqlite3_file *f);
+/* The database file through the base VFS (so SQLite's POSIX locks are left
+** alone), one handle per shipper kept open: every close would park the
+** descriptor in SQLite's pending list while the application holds locks,
+** one more per concurrent use. Reopened when the file at the path is
+** another one (SQLITE_FCNTL_HAS_MOVED), except while a snapshot reads it.
+** Only from the thread running the shipper's step; never closed by the
+** caller. */
+int ship_base_file(shipper *sh, sqlite3_file **out, wserr *err);
 int ship_read_shm_header(shipper *sh, walidx_hdr *out);
 uint64_t ship_new_generation_id(void);
 

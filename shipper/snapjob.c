@@ -126,7 +126,7 @@ struct snapjob {
     uint32_t file_pages;
     uint32_t next_pgno;
     uint64_t *base_hash;
-    sqlite3_file *dbf;
+    sqlite3_file *dbf;     /* the shipper's (ship_base_file), not the job's */
     int tmp_fd;
     snap_writer *w;
     int ov_fd;
@@ -157,7 +157,6 @@ static int spool_tmp(shipper *sh, const char *name, char *out, size_t n) {
 
 void snapjob_free(snapjob *j) {
     if (j == NULL) return;
-    ship_close_base_file(j->dbf);
     snap_writer_free(j->w);
     if (j->tmp_fd >= 0) close(j->tmp_fd);
     if (j->ov_fd >= 0) close(j->ov_fd);
@@ -357,7 +356,7 @@ int snapjob_start(shipper *sh, int genstart, wserr *err) {
     j->tmp_fd = j->ov_fd = -1;
     j->genstart = genstart;
     j->gen = genstart ? ship_new_generation_id() : ss->gen;
-    int rc = ship_open_base_file(sh, &j->dbf, err);
+    int rc = ship_base_file(sh, &j->dbf, err);
     if (rc) {
         snapjob_free(j);
         /* No database file yet: nothing to snapshot; try again later. */
