@@ -21,12 +21,17 @@
 **   emfile        a process that runs out of file descriptors opening many
 **                 databases: each database either refuses its open, or ships
 **                 (flush 1), or says why not in last_error -- none silently
-**                 never ships.
+**                 never ships. Then databases that opened and shipped with
+**                 descriptors to spare are written to after every descriptor
+**                 left was taken (a shipper opens its WAL, spool log, state
+**                 and segment files only while it has work): each ships or
+**                 says why, and all ship once the descriptors are back.
 **
 ** ctest-labels: pipeline threads
 ** ctest-timeout: 300
 */
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -291,6 +296,70 @@ static int emfile_main(char **argv) {
     return silent == 0 && refused + shipped + said == n && (refused > 0 || said > 0) ? 0 : 1;
 }
 
+/* emfile_later N DIR: N databases open and ship with room to spare; then
+** every descriptor left is taken, and each database is written to: each
+** one ships or says why in last_error (never silently stalls); once the
+** descriptors are given back, every one ships. Exit 0 if so. */
+static int emfile_later_main(char **argv) {
+    int n = atoi(argv[2]);
+    if (n > 16) n = 16;
+    struct rlimit rl = {256, 256};
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0) return 2;
+    sqlite3 *dbs[16] = {0};
+    char paths[16][3200];
+    for (int i = 0; i < n; i++) {
+        snprintf(paths[i], sizeof paths[i], "%s/later-%d.db", argv[3], i);
+        char url[3300];
+        snprintf(url, sizeof url, "file%%3A%%2F%%2F%s%%2Fstore-later-%d", argv[3], i);
+        if (try_open(paths[i], url, &dbs[i]) != SQLITE_OK ||
+            sqlite3_exec(dbs[i], "CREATE TABLE IF NOT EXISTS t(v); INSERT INTO t VALUES (1)", NULL,
+                         NULL, NULL) != SQLITE_OK ||
+            walship_flush(paths[i], 60000) != 1) {
+            fprintf(stderr, "emfile_later: %s did not ship with descriptors to spare\n", paths[i]);
+            return 1;
+        }
+    }
+    int hog[256], nhog = 0;
+    while (nhog < 256 && (hog[nhog] = open("/dev/null", O_RDONLY | O_CLOEXEC)) >= 0) nhog++;
+    int silent = 0, shipped = 0, said = 0;
+    for (int i = 0; i < n; i++)
+        if (sqlite3_exec(dbs[i], "INSERT INTO t VALUES (2)", NULL, NULL, NULL) != SQLITE_OK)
+            fprintf(stderr, "emfile_later: a write failed: %s\n", sqlite3_errmsg(dbs[i]));
+    for (int i = 0; i < n; i++) {
+        int64_t deadline = ws_mono_ms() + 60000;
+        for (;;) {
+            if (walship_flush(paths[i], 200) == 1) {
+                shipped++;
+                break;
+            }
+            char *js = db_status_json(dbs[i]);
+            char e[600];
+            db_json_text(js, "last_error", e, sizeof e);
+            if (e[0]) {
+                said++;
+                if (said == 1) fprintf(stderr, "emfile_later: said: %s\n", e);
+                free(js);
+                break;
+            }
+            free(js);
+            if (ws_mono_ms() > deadline) {
+                fprintf(stderr, "emfile_later: %s neither shipped nor said why\n", paths[i]);
+                silent++;
+                break;
+            }
+        }
+    }
+    for (int i = 0; i < nhog; i++) close(hog[i]);
+    int recovered = 0;
+    for (int i = 0; i < n; i++) recovered += walship_flush(paths[i], 90000) == 1;
+    fprintf(stderr,
+            "emfile_later: %d databases, %d descriptors taken: %d shipped, %d said why not, "
+            "%d shipped once they were given back\n",
+            n, nhog, shipped, said, recovered);
+    for (int i = 0; i < n; i++) sqlite3_close(dbs[i]);
+    return silent == 0 && nhog > 0 && recovered == n ? 0 : 1;
+}
+
 static void case_emfile(void) {
     char sub[3100];
     mk(sub, sizeof sub, "emfile");
@@ -298,11 +367,14 @@ static void case_emfile(void) {
     const char *args[] = {"emfile", "40", sub, NULL};
     int rc = child_wait(child_spawn(args));
     CHECK_EQ(rc, 0);
+    const char *later[] = {"emfile_later", "12", sub, NULL};
+    CHECK_EQ(child_wait(child_spawn(later)), 0);
 }
 
 int main(int argc, char **argv) {
     if (argc > 1) child_die_with_parent();
     if (argc > 1 && strcmp(argv[1], "emfile") == 0) return emfile_main(argv);
+    if (argc > 1 && strcmp(argv[1], "emfile_later") == 0) return emfile_later_main(argv);
     if (argc > 1 && strcmp(argv[1], "nocreds") == 0) return nocreds_main(argv);
     if (argc > 1 && strcmp(argv[1], "stalled") == 0) return stalled_main(argv);
     snprintf(dir, sizeof dir, "%.2900s", ws_test_tmpdir());
