@@ -25,7 +25,8 @@
 **   malloc_trim) trickle_commits=C
 **   trickle_flushed=F2/N idle_cpu_pct=P open_secs=T
 ** The open-file limit is raised to what N databases need when the hard
-** limit allows it (as root it is raised too); exit 1 if a database could
+** limit allows it (or the process may raise it: CAP_SYS_RESOURCE); exit 1
+** if a database could
 ** not be opened, written or flushed.
 */
 #include <dirent.h>

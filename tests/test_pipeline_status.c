@@ -242,6 +242,23 @@ static void case_check(void) {
     CHECK_CONTAINS(buf, "no shipper");
 }
 
+/* Waits (60 s at most) until the database at path ships (flush 1: returns
+** 1) or says why not in last_error (returns 2, the reason in why); 0 if it
+** did neither: a database that silently stopped shipping. */
+static int ships_or_says(const char *path, sqlite3 *db, const char *who, char *why, size_t n) {
+    int64_t deadline = ws_mono_ms() + 60000;
+    for (;;) {
+        if (walship_flush(path, 200) == 1) return 1;
+        char *js = db_status_json(db);
+        db_json_text(js, "last_error", why, n);
+        int said = why[0] != '\0', late = ws_mono_ms() > deadline;
+        if (late && !said) fprintf(stderr, "%s: %s neither shipped nor said why: %s\n", who, path, js);
+        free(js);
+        if (said) return 2;
+        if (late) return 0;
+    }
+}
+
 /* emfile N: opens N databases through walship with few descriptors, writes
 ** to each, flushes each; exit 0 if every one refused its open, shipped, or
 ** has a last_error. */
@@ -267,28 +284,11 @@ static int emfile_main(char **argv) {
     /* Each one ships or says why (a slow build may take a while for either). */
     for (int i = 0; i < n && i < 64; i++) {
         if (dbs[i] == NULL) continue;
-        int64_t deadline = ws_mono_ms() + 60000;
-        for (;;) {
-            if (walship_flush(paths[i], 200) == 1) {
-                shipped++;
-                break;
-            }
-            char *js = db_status_json(dbs[i]);
-            char e[600];
-            db_json_text(js, "last_error", e, sizeof e);
-            if (e[0]) {
-                said++;
-                free(js);
-                break;
-            }
-            if (ws_mono_ms() > deadline) {
-                fprintf(stderr, "emfile: %s neither shipped nor said why: %s\n", paths[i], js);
-                silent++;
-                free(js);
-                break;
-            }
-            free(js);
-        }
+        char e[600];
+        int r = ships_or_says(paths[i], dbs[i], "emfile", e, sizeof e);
+        shipped += r == 1;
+        said += r == 2;
+        silent += r == 0;
     }
     fprintf(stderr, "emfile: %d databases: %d refused their open, %d shipped, %d said why not\n", n,
             refused, shipped, said);
@@ -326,28 +326,12 @@ static int emfile_later_main(char **argv) {
         if (sqlite3_exec(dbs[i], "INSERT INTO t VALUES (2)", NULL, NULL, NULL) != SQLITE_OK)
             fprintf(stderr, "emfile_later: a write failed: %s\n", sqlite3_errmsg(dbs[i]));
     for (int i = 0; i < n; i++) {
-        int64_t deadline = ws_mono_ms() + 60000;
-        for (;;) {
-            if (walship_flush(paths[i], 200) == 1) {
-                shipped++;
-                break;
-            }
-            char *js = db_status_json(dbs[i]);
-            char e[600];
-            db_json_text(js, "last_error", e, sizeof e);
-            if (e[0]) {
-                said++;
-                if (said == 1) fprintf(stderr, "emfile_later: said: %s\n", e);
-                free(js);
-                break;
-            }
-            free(js);
-            if (ws_mono_ms() > deadline) {
-                fprintf(stderr, "emfile_later: %s neither shipped nor said why\n", paths[i]);
-                silent++;
-                break;
-            }
-        }
+        char e[600];
+        int r = ships_or_says(paths[i], dbs[i], "emfile_later", e, sizeof e);
+        if (r == 2 && said == 0) fprintf(stderr, "emfile_later: said: %s\n", e);
+        shipped += r == 1;
+        said += r == 2;
+        silent += r == 0;
     }
     for (int i = 0; i < nhog; i++) close(hog[i]);
     int recovered = 0;
