@@ -62,7 +62,9 @@ typedef struct spool_walinfo {
 /* The status the elected shipper publishes for `walship status`, PRAGMA
 ** walship_status and walship_flush. */
 typedef struct spool_status {
-    int64_t heartbeat_ms;      /* wall clock of the shipper's last publish; 0 = none */
+    /* wall clock of the shipper's last status change (an unchanged status
+    ** is not rewritten); 0 = none */
+    int64_t heartbeat_ms;
     int32_t pid;               /* the shipper's process */
     uint64_t generation;
     uint64_t txid;             /* last transaction consumed */
